@@ -1,0 +1,1 @@
+"""Tables derived from the DICOM standard, status codes, object validation."""

@@ -1,0 +1,1 @@
+"""Index, blob tiers, the shared query model, ingest and the retrieve plan."""

@@ -1,0 +1,58 @@
+"""The storage layer's one exception tree.
+
+::
+
+    StorageError
+    ├── NotFound                  no such study / series / instance / blob / worklist item
+    ├── InvalidQuery              a matching key or value the query model cannot use
+    ├── IngestRejected            an object that will not be stored; carries a StowFailure
+    │   └── DuplicateInstance     same SOPInstanceUID, other bytes, policy REJECT
+    ├── OutOfResources            disk full, quota, body too large for the spool
+    ├── StoreUnavailable          a tier (cold object store, database) cannot be reached now
+    └── CorruptBlob               a blob's bytes do not match the SHA-256 recorded at ingest
+
+``dicomweb`` translates these to HTTP statuses / STOW failure reasons in one table;
+``dimse`` to DIMSE statuses in one guard. Driver exceptions (sqlite3, asyncpg, OSError,
+botocore) are mapped to these inside ``storage`` and never leak out.
+"""
+
+from __future__ import annotations
+
+from conformance.statuses import StowFailure
+
+
+class StorageError(Exception):
+    """Base of every error the storage layer raises."""
+
+
+class NotFound(StorageError):
+    """The addressed resource does not exist (or is not visible yet)."""
+
+
+class InvalidQuery(StorageError):
+    """A query the model cannot express: an unknown level, a malformed range, ..."""
+
+
+class IngestRejected(StorageError):
+    """The object was not stored. ``failure`` says why in the standard's terms."""
+
+    def __init__(self, failure: StowFailure, message: str) -> None:
+        super().__init__(message)
+        self.failure = failure
+        self.message = message
+
+
+class DuplicateInstance(IngestRejected):
+    """A different object with this SOPInstanceUID is stored and the policy is REJECT."""
+
+
+class OutOfResources(StorageError):
+    """No space (or quota) left to store; PS3.18 0xA700 / HTTP 507-class."""
+
+
+class StoreUnavailable(StorageError):
+    """A backing store cannot be reached now; retry later (HTTP 503)."""
+
+
+class CorruptBlob(StorageError):
+    """Stored bytes fail their recorded SHA-256; never served as valid."""

@@ -1,0 +1,1 @@
+"""Codecs behind one registry, the worker pool, rendering and frame access."""

@@ -1,0 +1,27 @@
+"""The transcoding layer's one exception tree.
+
+::
+
+    TranscodingError
+    ├── NoCodec            no installed codec can encode/decode this syntax (HTTP 406)
+    ├── CorruptPixelData   the stored stream does not decode / headers lie (per-instance failure)
+    └── WorkerCrashed      a codec worker process died; the pool was rebuilt (HTTP 503 / retry)
+"""
+
+from __future__ import annotations
+
+
+class TranscodingError(Exception):
+    """Base of every error the transcoding layer raises."""
+
+
+class NoCodec(TranscodingError):
+    """No codec can produce (or read) the requested transfer syntax / media type."""
+
+
+class CorruptPixelData(TranscodingError):
+    """The pixel data cannot be decoded as its header describes."""
+
+
+class WorkerCrashed(TranscodingError):
+    """A worker process died (e.g. a codec segfault) while handling this request."""
