@@ -81,7 +81,9 @@ class StorageSettings:
     data_dir: Path = Path("data")
     """The hot tier and, for the embedded default, the SQLite index live here."""
     index_url: str | None = None
-    """``postgresql://user:pass@host/db`` or a SQLite path/URL; None = ``<data_dir>/index.sqlite``."""
+    """``postgresql://user:pass@host/db`` or a SQLite path/URL.
+
+    None = ``<data_dir>/index.sqlite``."""
     overwrite_policy: OverwritePolicy = OverwritePolicy.REJECT
     cold_store: str | None = None
     """``s3://BUCKET/PREFIX`` for the cold tier; None = no cold tier."""

@@ -91,8 +91,8 @@ class MatchKey:
                 return cls(tag, vr, MatchKind.SINGLE_VALUE, value=uids[0])
             return cls(tag, vr, MatchKind.UID_LIST, uids=uids)
         if vr in RANGE_VRS and "-" in raw and not (vr == "DT" and _looks_like_offset(raw)):
-            lower, _, upper = raw.partition("-")
-            lower, upper = lower.strip() or None, upper.strip() or None
+            low_text, _, high_text = raw.partition("-")
+            lower, upper = low_text.strip() or None, high_text.strip() or None
             if lower is None and upper is None:
                 raise InvalidQuery(f"range for {tag:08X} has neither bound: {value!r}")
             for bound in (lower, upper):
