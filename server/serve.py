@@ -1,0 +1,41 @@
+"""``arca serve``: run the app under uvicorn, in this one process, until SIGTERM/SIGINT."""
+
+from __future__ import annotations
+
+import logging
+
+import uvicorn
+
+from config.settings import Settings
+from server.app import create_app
+
+log = logging.getLogger("arca.server")
+
+GRACEFUL_SHUTDOWN_SECONDS = 15
+"""After SIGTERM: stop accepting, let running requests finish this long, then close."""
+
+
+def serve(settings: Settings) -> int:
+    """Serve until a signal stops the server; the process exit status."""
+    config = uvicorn.Config(
+        create_app(settings),
+        host=settings.http.host,
+        port=settings.http.port,
+        lifespan="on",
+        # arca's own AccessLog middleware replaces uvicorn's per-request line.
+        access_log=False,
+        log_config=None,
+        log_level=settings.log_level,
+        server_header=False,
+        ws="none",
+        timeout_graceful_shutdown=GRACEFUL_SHUTDOWN_SECONDS,
+    )
+    server = uvicorn.Server(config)
+    # uvicorn installs SIGINT/SIGTERM handlers: it stops accepting, drains, runs the lifespan
+    # shutdown (archive, transcoder, DIMSE closed) and returns.
+    server.run()
+    if not server.started:
+        log.error("arca did not start (see the messages above)")
+        return 3
+    log.info("arca stopped")
+    return 0
