@@ -1,0 +1,165 @@
+"""WADO-RS frames and bulk data (PS3.18 §10.4.1.1.4-5, §8.7.3).
+
+Frames are read straight from the byte spans indexed at ingest (InstanceLocation.frames):
+native pixels as application/octet-stream, encapsulated ones as their stored bitstream when
+the client accepts that syntax's media type (image/jp2, image/jls, image/jpeg, ...). Anything
+else — another syntax, or objects whose spans could not be indexed — goes to the transcoder.
+
+Bulk data honours a single ``Range: bytes=a-b`` (RFC 9110 §14) with 206 / Content-Range.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Protocol
+
+from starlette.requests import Request
+from starlette.responses import Response
+
+from conformance.transfer_syntaxes import is_native
+from dicomweb.errors import HttpError
+from dicomweb.media import (
+    OCTET_STREAM,
+    FrameTarget,
+    NotAcceptable,
+    accepts_octet_stream,
+    negotiate_frames,
+    parse_accept,
+)
+from dicomweb.multipart import closing_delimiter, multipart_content_type, new_boundary, part_header
+from dicomweb.resources import ResourcePath, source_of
+from storage.archive import ArchiveService
+from storage.model import InstanceLocation
+from transcoding.service import TranscoderService
+
+_RANGE = re.compile(r"^bytes=(\d*)-(\d*)$")
+
+
+class BulkdataReader(Protocol):
+    """The additive ``read_bulkdata`` method of the concrete archive."""
+
+    async def read_bulkdata(self, location: InstanceLocation, path: str) -> bytes: ...
+
+
+def parse_frame_list(text: str, number_of_frames: int) -> list[int]:
+    """``1,3,5`` → [1, 3, 5]; 400 when malformed, 404 when a frame does not exist."""
+    frames: list[int] = []
+    for piece in text.split(","):
+        piece = piece.strip()
+        if not piece.isdigit() or int(piece) < 1:
+            raise HttpError(400, f"frame list {text!r}: frame numbers are integers from 1")
+        frames.append(int(piece))
+    if number_of_frames <= 0:
+        raise HttpError(404, "this instance has no pixel data frames")
+    missing = [n for n in frames if n > number_of_frames]
+    if missing:
+        raise HttpError(
+            404, f"frame {missing[0]} does not exist: the instance has {number_of_frames}"
+        )
+    return frames
+
+
+def _single_or_multipart(
+    parts: list[bytes], part_type: str, multipart: bool, **params: str
+) -> Response:
+    if not multipart and len(parts) == 1:
+        return Response(parts[0], media_type=part_type)
+    boundary = new_boundary()
+    body = b"".join(part_header(boundary, part_type) + p for p in parts)
+    body += closing_delimiter(boundary)
+    return Response(
+        body, media_type=multipart_content_type(part_type.split(";")[0], boundary, **params)
+    )
+
+
+class FrameService:
+    """Frames and bulk data endpoints."""
+
+    def __init__(self, archive: ArchiveService, transcoder: TranscoderService | None) -> None:
+        self.archive = archive
+        self.transcoder = transcoder
+
+    async def frames(self, request: Request) -> Response:
+        path = ResourcePath.of(request)
+        ranges = parse_accept(request.headers.get("accept"))
+        [loc] = await self.archive.locate(path.study, path.series, path.instance)
+        numbers = parse_frame_list(request.path_params["frames"], loc.number_of_frames)
+        can_encode = self.transcoder.can_encode if self.transcoder else None
+        target = negotiate_frames(ranges, loc.transfer_syntax_uid, can_encode)
+        if not target.multipart and len(numbers) > 1:
+            raise NotAcceptable("several frames are sent as multipart/related only")
+        parts = await self._frame_bytes(loc, numbers, target)
+        part_type = f"{target.media_type}; transfer-syntax={target.transfer_syntax}"
+        return _single_or_multipart(
+            parts, part_type, target.multipart, transfer_syntax=target.transfer_syntax
+        )
+
+    async def _frame_bytes(
+        self, loc: InstanceLocation, numbers: list[int], target: FrameTarget
+    ) -> list[bytes]:
+        if not target.transcode and loc.frames is not None:
+            reader = await self.archive.open_blob(loc)
+            try:
+                parts: list[bytes] = []
+                for n in numbers:
+                    span = loc.frames[n - 1]
+                    pieces = [await reader.read_range(o, length) for o, length in span.fragments]
+                    parts.append(b"".join(pieces))
+                return parts
+            finally:
+                await reader.close()
+        if self.transcoder is None:
+            raise NotAcceptable(
+                "frames of this object are not indexed and no transcoder is configured"
+            )
+        source = await source_of(self.archive, loc)
+        syntax = None if is_native(target.transfer_syntax) else target.transfer_syntax
+        return await self.transcoder.frames(source, numbers, syntax)
+
+    async def bulkdata(self, request: Request) -> Response:
+        path = ResourcePath.of(request)
+        ranges = parse_accept(request.headers.get("accept"))
+        if not accepts_octet_stream(ranges):
+            raise NotAcceptable("bulk data is sent as application/octet-stream")
+        multipart = any(r.is_multipart for r in ranges[:1])
+        [loc] = await self.archive.locate(path.study, path.series, path.instance)
+        reader = getattr(self.archive, "read_bulkdata", None)
+        if reader is None:
+            raise HttpError(501, "this archive cannot serve bulk data")
+        archive: BulkdataReader = self.archive  # type: ignore[assignment]
+        data = await archive.read_bulkdata(loc, request.path_params["path"])
+        status, headers = 200, {"Accept-Ranges": "bytes"}
+        range_header = request.headers.get("range")
+        if range_header:
+            first, last = _byte_range(range_header, len(data))
+            headers["Content-Range"] = f"bytes {first}-{last}/{len(data)}"
+            data, status = data[first : last + 1], 206
+        if multipart:
+            boundary = new_boundary()
+            body = part_header(boundary, OCTET_STREAM) + data + closing_delimiter(boundary)
+            media_type = multipart_content_type(OCTET_STREAM, boundary)
+            return Response(body, status_code=status, media_type=media_type, headers=headers)
+        return Response(data, status_code=status, media_type=OCTET_STREAM, headers=headers)
+
+
+def _byte_range(header: str, size: int) -> tuple[int, int]:
+    """One ``bytes=a-b`` range (inclusive) clipped to ``size``; 416 when unsatisfiable."""
+    match = _RANGE.match(header.strip().replace(" ", ""))
+    if not match or match.group(1) == match.group(2) == "":
+        raise HttpError(
+            416,
+            f"Range {header!r}: only a single bytes=first-last range is served",
+            {"Content-Range": f"bytes */{size}"},
+        )
+    a, b = match.group(1), match.group(2)
+    if a == "":
+        first, last = max(0, size - int(b)), size - 1  # suffix range: the last b bytes
+    else:
+        first, last = int(a), min(size - 1, int(b)) if b else size - 1
+    if first >= size or first > last:
+        raise HttpError(
+            416,
+            f"Range {header!r} is outside the {size} bytes",
+            {"Content-Range": f"bytes */{size}"},
+        )
+    return first, last

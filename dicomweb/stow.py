@@ -1,0 +1,186 @@
+"""STOW-RS (PS3.18 §10.5): store instances sent as multipart/related; type=application/dicom.
+
+The body is spooled to part files first (streamed, size-limited) and only then ingested, so a
+malformed or oversized request stores nothing. Each part is then ingested on its own; the
+response lists what was stored (ReferencedSOPSequence) and what was not (FailedSOPSequence).
+
+Statuses (PS3.18 §10.5.3 Table 10.5.3-1): 200 all stored, 202 some failed or were stored with
+warnings, 409 none stored, 400 malformed body, 413 too large, 415 unsupported media type.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from pydicom import dcmread
+from pydicom.dataset import Dataset
+from pydicom.errors import InvalidDicomError
+from pydicom.sequence import Sequence
+from starlette.requests import Request
+from starlette.responses import Response
+
+from conformance.statuses import StowFailure
+from dicomweb.dicom_json import dataset_to_json, json_array_bytes
+from dicomweb.dicom_xml import json_to_xml
+from dicomweb.errors import HttpError, check_uid, stow_failure_for
+from dicomweb.media import (
+    DICOM,
+    DICOM_XML,
+    negotiate_metadata,
+    parse_accept,
+    parse_media_type,
+    parse_stow_content_type,
+)
+from dicomweb.multipart import BodyTooLarge, Part, spool_multipart
+from dicomweb.urls import BaseUrl, instance_url, study_url, warning_header
+from storage.archive import ArchiveService
+from storage.model import IngestOutcome
+
+
+@dataclass(frozen=True)
+class _Failure:
+    reason: StowFailure
+    message: str
+    sop_class_uid: str | None
+    sop_instance_uid: str | None
+
+
+def _peek_uids(path: Path) -> tuple[str | None, str | None]:
+    """SOPClassUID / SOPInstanceUID of a part, for FailedSOPSequence; None when unreadable."""
+    try:
+        ds = dcmread(
+            path,
+            stop_before_pixels=True,
+            force=True,
+            specific_tags=["SOPClassUID", "SOPInstanceUID", "MediaStorageSOPClassUID"],
+        )
+        cls = ds.get("SOPClassUID") or ds.file_meta.get("MediaStorageSOPClassUID")
+        inst = ds.get("SOPInstanceUID") or ds.file_meta.get("MediaStorageSOPInstanceUID")
+        return (str(cls) if cls else None, str(inst) if inst else None)
+    except (InvalidDicomError, OSError, ValueError, EOFError, KeyError, AttributeError):
+        return None, None
+    except Exception:  # pydicom raises assorted errors on garbage; a peek must never fail
+        return None, None
+
+
+class StowService:
+    """The STOW-RS endpoints; one instance per application."""
+
+    def __init__(
+        self, archive: ArchiveService, base_url: BaseUrl, spool_dir: Path, max_bytes: int
+    ) -> None:
+        self.archive = archive
+        self.base_url = base_url
+        self.spool_dir = spool_dir
+        self.max_bytes = max_bytes
+
+    async def store(self, request: Request) -> Response:
+        study = request.path_params.get("study")
+        if study is not None:
+            check_uid(study, "StudyInstanceUID")
+        choice = negotiate_metadata(parse_accept(request.headers.get("accept")))
+        content_type = parse_stow_content_type(request.headers.get("content-type"))
+        declared = request.headers.get("content-length")
+        if declared is not None:
+            try:
+                too_large = int(declared) > self.max_bytes
+            except ValueError:
+                raise HttpError(400, f"Content-Length {declared!r} is not a number") from None
+            if too_large:
+                raise BodyTooLarge(self.max_bytes)
+        spooled = await spool_multipart(
+            request.stream(), content_type.boundary, self.spool_dir, self.max_bytes
+        )
+        stored: list[IngestOutcome] = []
+        failed: list[_Failure] = []
+        try:
+            for part in spooled.parts:
+                await self._store_part(part, study, stored, failed)
+        finally:
+            spooled.discard()
+        base = self.base_url(request)
+        ds = self._response_dataset(base, study, stored, failed)
+        if not failed and not any(o.warnings for o in stored):
+            status = 200
+        elif stored:
+            status = 202
+        else:
+            status = 409
+        obj = dataset_to_json(ds)
+        # FailureReason is a code; the why, for a person, goes into Warning headers
+        # (PS3.18 §8.3.4 uses Warning: 299 for such notes).
+        headers = {}
+        if failed:
+            headers["Warning"] = warning_header(
+                request, [f"{f.sop_instance_uid or 'part'}: {f.message}" for f in failed]
+            )
+        if choice.media_type == DICOM_XML:
+            return Response(
+                json_to_xml(obj), status_code=status, media_type=DICOM_XML, headers=headers
+            )
+        # dicomweb-client compares the Content-Type verbatim: no charset parameter.
+        body = json_array_bytes([obj])[1:-1]
+        return Response(
+            body, status_code=status, media_type="application/dicom+json", headers=headers
+        )
+
+    async def _store_part(
+        self,
+        part: Part,
+        study: str | None,
+        stored: list[IngestOutcome],
+        failed: list[_Failure],
+    ) -> None:
+        part_type = parse_media_type(part.content_type or DICOM)[0]
+        if part_type != DICOM:
+            cls, inst = _peek_uids(part.path)
+            failed.append(
+                _Failure(
+                    StowFailure.CANNOT_UNDERSTAND,
+                    f"part Content-Type {part_type} is not {DICOM}",
+                    cls,
+                    inst,
+                )
+            )
+            return
+        cls, inst = _peek_uids(part.path)
+        try:
+            outcome = await self.archive.ingest(part.path, expected_study_uid=study)
+        except Exception as exc:
+            reason, message = stow_failure_for(exc)
+            failed.append(_Failure(reason, message, cls, inst))
+            return
+        stored.append(outcome)
+
+    @staticmethod
+    def _response_dataset(
+        base: str, study: str | None, stored: list[IngestOutcome], failed: list[_Failure]
+    ) -> Dataset:
+        ds = Dataset()
+        studies = {o.study_uid for o in stored}
+        if study is not None or len(studies) == 1:
+            ds.RetrieveURL = study_url(base, study or next(iter(studies)))
+        ds.FailedSOPSequence = Sequence()
+        for f in failed:
+            item = Dataset()
+            if f.sop_class_uid:
+                item.ReferencedSOPClassUID = f.sop_class_uid
+            if f.sop_instance_uid:
+                item.ReferencedSOPInstanceUID = f.sop_instance_uid
+            item.FailureReason = int(f.reason)
+            ds.FailedSOPSequence.append(item)
+        ds.ReferencedSOPSequence = Sequence()
+        for o in stored:
+            item = Dataset()
+            item.ReferencedSOPClassUID = o.sop_class_uid
+            item.ReferencedSOPInstanceUID = o.sop_instance_uid
+            item.RetrieveURL = instance_url(base, o.study_uid, o.series_uid, o.sop_instance_uid)
+            if o.warnings:
+                item.WarningReason = int(o.warnings[0][0])
+            ds.ReferencedSOPSequence.append(item)
+        if not failed:
+            del ds.FailedSOPSequence
+        if not stored:
+            del ds.ReferencedSOPSequence
+        return ds
