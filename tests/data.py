@@ -8,6 +8,7 @@ same bytes (a content-keyed cache or a deduplicating store cannot pass a test by
 from __future__ import annotations
 
 import functools
+import io
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -139,3 +140,31 @@ def multipart_related(parts: Sequence[bytes], boundary: str = "arca-test-boundar
 def stow_content_type(boundary: str = "arca-test-boundary") -> str:
     """The Content-Type header matching :func:`multipart_related`."""
     return f'multipart/related; type="application/dicom"; boundary={boundary}'
+
+
+def small_ct(
+    *,
+    study_uid: str | None = None,
+    series_uid: str | None = None,
+    patient_id: str = "ARCASMALL",
+    instance_number: int = 1,
+) -> bytes:
+    """pydicom's CT_small.dcm (128x128, ~39 KB) with fresh UIDs, as Part-10 bytes.
+
+    Cheap to make in a loop (load and concurrency tests) where the 512x512 slice would spend
+    the test's CPU on building data instead of driving the server."""
+    ds = _small_source().copy()
+    ds.StudyInstanceUID = study_uid or generate_uid()
+    ds.SeriesInstanceUID = series_uid or generate_uid()
+    ds.SOPInstanceUID = generate_uid()
+    ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
+    ds.PatientID = patient_id
+    ds.InstanceNumber = instance_number
+    out = io.BytesIO()
+    ds.save_as(out, enforce_file_format=True)
+    return out.getvalue()
+
+
+@functools.cache
+def _small_source() -> FileDataset:
+    return pydicom.dcmread(testdata("CT_small.dcm"))
