@@ -1,0 +1,95 @@
+"""The streaming multipart/related parser and writer."""
+
+from __future__ import annotations
+
+import tracemalloc
+from collections.abc import AsyncIterator, Iterable
+from pathlib import Path
+
+import pytest
+
+from dicomweb.multipart import (
+    BodyTooLarge,
+    MalformedMultipart,
+    spool_multipart,
+    write_multipart,
+)
+
+
+async def chunked(data: bytes, size: int) -> AsyncIterator[bytes]:
+    for i in range(0, len(data), size):
+        yield data[i : i + size]
+
+
+def body(parts: Iterable[bytes], boundary: bytes = b"b0und", preamble: bytes = b"") -> bytes:
+    out = preamble
+    for p in parts:
+        out += b"\r\n--" + boundary + b"\r\nContent-Type: application/dicom\r\n\r\n" + p
+    return out + b"\r\n--" + boundary + b"--\r\nepilogue"
+
+
+@pytest.mark.parametrize("chunk_size", [1, 3, 7, 64, 1 << 20])
+async def test_parts_survive_any_chunking(tmp_path: Path, chunk_size: int) -> None:
+    payloads = [b"first\r\n--b0un", b"", bytes(range(256)) * 10]
+    data = body(payloads, preamble=b"this is a preamble")
+    spooled = await spool_multipart(chunked(data, chunk_size), "b0und", tmp_path, 1 << 30)
+    assert [p.path.read_bytes() for p in spooled.parts] == payloads
+    assert [p.content_type for p in spooled.parts] == ["application/dicom"] * 3
+    assert [p.size for p in spooled.parts] == [len(p) for p in payloads]
+
+
+async def test_body_starting_with_delimiter_and_lf_headers(tmp_path: Path) -> None:
+    data = b"--xyz  \r\ncontent-type: application/dicom\n\nABC\r\n--xyz--"
+    spooled = await spool_multipart(chunked(data, 5), "xyz", tmp_path, 1 << 20)
+    assert [p.path.read_bytes() for p in spooled.parts] == [b"ABC"]
+
+
+@pytest.mark.parametrize(
+    ("data", "reason"),
+    [
+        (b"no delimiter at all", "no boundary delimiter"),
+        (b"--b0und\r\nContent-Type: application/dicom\r\n\r\nhalf a file", "no closing"),
+        (b"--b0und\r\nContent-Type: appli", "inside a part's headers"),
+        (b"--b0und", "right after a boundary"),
+        (b"--b0und--\r\n", "no parts"),
+        (b"--b0undGARBAGE\r\n\r\nx\r\n--b0und--", "garbage after a boundary"),
+    ],
+)
+async def test_malformed_bodies(tmp_path: Path, data: bytes, reason: str) -> None:
+    with pytest.raises(MalformedMultipart, match=reason):
+        await spool_multipart(chunked(data, 4), "b0und", tmp_path, 1 << 20)
+    assert list(tmp_path.iterdir()) == []
+
+
+async def test_limit_stops_reading_early_without_buffering(tmp_path: Path) -> None:
+    sent = 0
+
+    async def endless() -> AsyncIterator[bytes]:
+        nonlocal sent
+        yield b"--b0und\r\nContent-Type: application/dicom\r\n\r\n"
+        block = b"\0" * (1 << 20)
+        while True:
+            sent += len(block)
+            yield block
+
+    tracemalloc.start()
+    try:
+        with pytest.raises(BodyTooLarge):
+            await spool_multipart(endless(), "b0und", tmp_path, 64 << 20)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert 64 << 20 <= sent <= 66 << 20
+    assert peak < 8 << 20, f"parser held {peak} bytes"
+    assert list(tmp_path.iterdir()) == []
+
+
+async def test_writer_round_trips_through_parser(tmp_path: Path) -> None:
+    async def parts() -> AsyncIterator[tuple[str, AsyncIterator[bytes] | bytes]]:
+        yield "application/dicom", b"one"
+        yield "application/dicom", chunked(b"x" * 200_000, 65536)
+        yield "application/dicom", chunked(b"", 10)
+
+    out = b"".join([c async for c in write_multipart(parts(), "bnd")])
+    spooled = await spool_multipart(chunked(out, 1000), "bnd", tmp_path, 1 << 30)
+    assert [p.path.read_bytes() for p in spooled.parts] == [b"one", b"x" * 200_000, b""]
