@@ -5,7 +5,8 @@
     TranscodingError
     ├── NoCodec            no installed codec can encode/decode this syntax (HTTP 406)
     ├── CorruptPixelData   the stored stream does not decode / headers lie (per-instance failure)
-    └── WorkerCrashed      a codec worker process died; the pool was rebuilt (HTTP 503 / retry)
+    ├── WorkerCrashed      a codec worker process died; the pool was rebuilt (HTTP 503 / retry)
+    └── FrameNotFound      a requested frame number is not in 1..NumberOfFrames (HTTP 404)
 """
 
 from __future__ import annotations
@@ -25,3 +26,7 @@ class CorruptPixelData(TranscodingError):
 
 class WorkerCrashed(TranscodingError):
     """A worker process died (e.g. a codec segfault) while handling this request."""
+
+
+class FrameNotFound(TranscodingError, IndexError):
+    """A requested frame number is outside 1..NumberOfFrames (HTTP 404 / 400)."""

@@ -1,0 +1,173 @@
+"""Transcode a whole instance: Part-10 in, Part-10 out in the target transfer syntax.
+
+SOP Instance UID: kept, also for lossy targets. PS3.3 C.7.6.1.1.5 asks for a new instance
+when an image is lossy compressed *as a new derived object*; a rendition produced in transit
+because the receiver negotiated that syntax (PS3.4 B.4.1 / PS3.5 A.4 over DIMSE, PS3.18
+§8.7.3.5 over WADO-RS) is the same instance in another encoding, so we keep the UID (the
+client asked for *that* instance) and record the compression in Lossy Image Compression,
+Ratio and Method (PS3.3 C.7.6.1.1.5.1/.2), which downstream systems check before using it.
+"""
+
+from __future__ import annotations
+
+import io
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+from pydicom import Dataset, dcmwrite, uid
+from pydicom.encaps import encapsulate, encapsulate_extended
+from pydicom.multival import MultiValue
+from pydicom.pixels.utils import pack_bits
+
+from conformance.transfer_syntaxes import TRANSFER_SYNTAXES
+from transcoding.encode import encode_frame
+from transcoding.errors import NoCodec
+from transcoding.frame_info import FrameInfo
+from transcoding.pixels import iter_frames, source_syntax
+from transcoding.registry import can_encode, encoder_for, is_native_target
+
+_MAX_BOT_BYTES = 2**32 - 1
+"""The Basic Offset Table holds 32-bit offsets (PS3.5 A.4); beyond that the Extended Offset
+Table (7FE0,0001)/(7FE0,0002) is needed."""
+
+# JPEG process 1/2/4 always discards information (DCT quantisation).
+_ALWAYS_LOSSY_SOURCES = frozenset({uid.JPEGBaseline8Bit, uid.JPEGExtended12Bit})
+
+
+def transcode_instance(ds: Dataset, target: str) -> bytes:
+    """``ds`` rewritten in ``target``; the caller has already handled source == target."""
+    if target not in TRANSFER_SYNTAXES or not can_encode(target):
+        encoder_for(target)  # raises NoCodec with the reason
+    if "PixelData" not in ds:
+        if not is_native_target(target) and any(
+            k in ds for k in ("FloatPixelData", "DoubleFloatPixelData")
+        ):
+            raise NoCodec("float pixel data has no encapsulated transfer syntax")
+        return _write(ds, target)
+
+    source_ts = source_syntax(ds)
+    stored_pixel_bytes = len(ds.PixelData)
+    decoded = list(iter_frames(ds))
+    info = decoded[0][1]
+    uncompressed = _uncompressed_size(info) * len(decoded)
+
+    if source_ts in _ALWAYS_LOSSY_SOURCES and ds.get("LossyImageCompression") != "01":
+        ratio = uncompressed / max(stored_pixel_bytes, 1)
+        _record_lossy(ds, TRANSFER_SYNTAXES[source_ts].lossy_method or "ISO_10918_1", ratio)
+
+    if is_native_target(target):
+        _set_native_pixels(ds, [arr for arr, _ in decoded], info)
+    else:
+        encoded = [encode_frame(arr, frame_info, target) for arr, frame_info in decoded]
+        first = encoded[0]
+        _set_encapsulated_pixels(ds, [e.data for e in encoded])
+        _set_pixel_module(ds, info, first.photometric_interpretation, first.bits_stored)
+        ts = TRANSFER_SYNTAXES[target]
+        if ts.lossy:
+            ratio = uncompressed / max(sum(len(e.data) for e in encoded), 1)
+            _record_lossy(ds, ts.lossy_method or target, ratio)
+    return _write(ds, target)
+
+
+def _uncompressed_size(info: FrameInfo) -> int:
+    bits = info.rows * info.columns * info.samples_per_pixel * info.bits_allocated
+    return (bits + 7) // 8
+
+
+def _set_pixel_module(
+    ds: Dataset, info: FrameInfo, photometric: str, bits_stored: int | None = None
+) -> None:
+    ds.PhotometricInterpretation = photometric
+    ds.SamplesPerPixel = info.samples_per_pixel
+    ds.BitsAllocated = info.bits_allocated
+    ds.PixelRepresentation = info.pixel_representation
+    if info.samples_per_pixel > 1:
+        # Decoded frames are colour-by-pixel; every encapsulated syntax we write expects 0.
+        ds.PlanarConfiguration = 0
+    elif "PlanarConfiguration" in ds:
+        del ds.PlanarConfiguration
+    if bits_stored is not None and bits_stored != info.bits_stored:
+        ds.BitsStored = bits_stored
+        ds.HighBit = bits_stored - 1
+
+
+def _set_native_pixels(
+    ds: Dataset, frames: Sequence[np.ndarray[Any, Any]], info: FrameInfo
+) -> None:
+    stack = np.stack(frames) if len(frames) > 1 else frames[0]
+    if info.bits_allocated == 1:
+        data = bytes(pack_bits(stack, pad=False))
+    else:
+        data = np.ascontiguousarray(stack, dtype=stack.dtype.newbyteorder("<")).tobytes()
+    if len(data) % 2:
+        data += b"\x00"  # PS3.5 7.1.1: values have even length
+    for keyword in ("ExtendedOffsetTable", "ExtendedOffsetTableLengths"):
+        if keyword in ds:
+            del ds[keyword]
+    ds.PixelData = data
+    ds["PixelData"].VR = "OW" if info.bits_allocated > 8 else "OB"
+    ds["PixelData"].is_undefined_length = False
+    _set_pixel_module(ds, info, info.photometric_interpretation)
+
+
+def _set_encapsulated_pixels(ds: Dataset, fragments: list[bytes]) -> None:
+    for keyword in ("ExtendedOffsetTable", "ExtendedOffsetTableLengths"):
+        if keyword in ds:
+            del ds[keyword]
+    # One fragment per frame (PS3.5 A.4), indexed by the Basic Offset Table unless the
+    # offsets overflow 32 bits, then by the Extended Offset Table.
+    if sum(len(f) + 8 for f in fragments) <= _MAX_BOT_BYTES:
+        ds.PixelData = encapsulate(fragments, has_bot=True)
+    else:
+        data, offsets, lengths = encapsulate_extended(fragments)
+        ds.PixelData = data
+        ds.ExtendedOffsetTable = offsets
+        ds.ExtendedOffsetTableLengths = lengths
+    ds["PixelData"].VR = "OB"
+    ds["PixelData"].is_undefined_length = True
+
+
+def _as_list(value: Any) -> list[Any]:
+    if value is None or value == "":
+        return []
+    if isinstance(value, MultiValue | list | tuple):
+        return list(value)
+    return [value]
+
+
+def _record_lossy(ds: Dataset, method: str, ratio: float) -> None:
+    """PS3.3 C.7.6.1.1.5: mark lossy and append this step's ratio and method to the history."""
+    ds.LossyImageCompression = "01"
+    ratios = [str(r) for r in _as_list(ds.get("LossyImageCompressionRatio"))]
+    methods = [str(m) for m in _as_list(ds.get("LossyImageCompressionMethod"))]
+    ratios.append(f"{ratio:.4g}")
+    methods.append(method)
+    ds.LossyImageCompressionRatio = ratios
+    ds.LossyImageCompressionMethod = methods
+
+
+def _write(ds: Dataset, target: str) -> bytes:
+    ds.file_meta.TransferSyntaxUID = uid.UID(target)
+    if ds.original_encoding[1] is False:
+        _forget_big_endian(ds)
+    buf = io.BytesIO()
+    dcmwrite(
+        buf,
+        ds,
+        enforce_file_format=True,
+        implicit_vr=target == uid.ImplicitVRLittleEndian,
+        little_endian=True,
+    )
+    return buf.getvalue()
+
+
+def _forget_big_endian(ds: Dataset) -> None:
+    """Parse every raw element of a big-endian data set so it is re-encoded little endian."""
+    for elem in ds.iterall():
+        if elem.VR == "SQ":
+            for item in elem.value:
+                item.set_original_encoding(
+                    item.original_encoding[0], True, item.original_character_set
+                )
+    ds.set_original_encoding(ds.original_encoding[0], True, ds.original_character_set)
