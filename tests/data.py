@@ -168,3 +168,9 @@ def small_ct(
 @functools.cache
 def _small_source() -> FileDataset:
     return pydicom.dcmread(testdata("CT_small.dcm"))
+
+
+def uids_of(data: bytes) -> tuple[str, str, str]:
+    """(StudyInstanceUID, SeriesInstanceUID, SOPInstanceUID) of Part-10 bytes."""
+    ds = pydicom.dcmread(io.BytesIO(data), stop_before_pixels=True)
+    return str(ds.StudyInstanceUID), str(ds.SeriesInstanceUID), str(ds.SOPInstanceUID)
