@@ -8,12 +8,28 @@ ingest (:meth:`Archive.ingest`), query (:meth:`Archive.search`), retrieve
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import hashlib
+import io
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol
 
-from storage.blobs import BlobReader
-from storage.model import IngestOutcome, InstanceLocation
+from pydicom import dcmread
+from sqlalchemy.exc import DBAPIError, SQLAlchemyError
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from config.settings import OverwritePolicy, StorageSettings
+from conformance.statuses import StowFailure
+from storage.blobs import BlobReader, BlobStore
+from storage.errors import DuplicateInstance, NotFound, StorageError, StoreUnavailable
+from storage.hot import HotFilesystemStore
+from storage.index import engine, repository
+from storage.ingest import Analysis, analyze, remove_quietly
+from storage.metadata import resolve_bulkdata
+from storage.model import IngestOutcome, IngestStatus, InstanceLocation, Tier
 from storage.query import Query, QueryResult
 
 BULKDATA_BASE = "arca-base:"
@@ -88,3 +104,257 @@ class ArchiveService(Protocol):
         ...
 
     async def verify(self, study_uid: str | None = None) -> VerifyReport: ...
+
+
+class Archive:
+    """The archive on one index (SQLite | PostgreSQL) and the hot blob tier.
+
+    Constructed by :func:`open_archive`; implements :class:`ArchiveService`.
+    """
+
+    def __init__(
+        self,
+        settings: StorageSettings,
+        *,
+        read_engine: AsyncEngine,
+        write_engine: AsyncEngine,
+        hot: BlobStore,
+        bulkdata_threshold: int,
+    ) -> None:
+        self.settings = settings
+        self.hot = hot
+        self.bulkdata_threshold = bulkdata_threshold
+        self._read = read_engine
+        self._write = write_engine
+
+    async def close(self) -> None:
+        await self._write.dispose()
+        if self._read is not self._write:
+            await self._read.dispose()
+
+    # -- ingest ---------------------------------------------------------------------------
+
+    async def ingest(self, path: Path, *, expected_study_uid: str | None = None) -> IngestOutcome:
+        try:
+            analysis = await asyncio.to_thread(
+                analyze,
+                path,
+                bulkdata_threshold=self.bulkdata_threshold,
+                bulkdata_base=BULKDATA_BASE,
+                expected_study_uid=expected_study_uid,
+            )
+        except BaseException:
+            await asyncio.to_thread(remove_quietly, path)
+            raise
+        try:
+            return await self._store(path, analysis)
+        finally:
+            await asyncio.to_thread(remove_quietly, path)
+
+    def _outcome(self, analysis: Analysis, status: IngestStatus) -> IngestOutcome:
+        return IngestOutcome(
+            status=status,
+            study_uid=analysis.study_uid,
+            series_uid=analysis.series_uid,
+            sop_instance_uid=analysis.sop_uid,
+            sop_class_uid=analysis.sop_class_uid,
+            transfer_syntax_uid=analysis.transfer_syntax_uid,
+            size=analysis.size,
+            sha256=analysis.sha256,
+        )
+
+    def _duplicate(self, analysis: Analysis) -> DuplicateInstance:
+        return DuplicateInstance(
+            StowFailure.DUPLICATE_SOP_INSTANCE,
+            f"SOPInstanceUID {analysis.sop_uid} is already stored with other content",
+        )
+
+    async def _store(self, path: Path, analysis: Analysis) -> IngestOutcome:
+        async with self._db(self._read) as conn:
+            existing = await repository.find_instance(conn, analysis.sop_uid)
+        replace = self.settings.overwrite_policy is OverwritePolicy.REPLACE
+        if existing is not None:
+            if existing.sha256 == analysis.sha256:
+                return self._outcome(analysis, IngestStatus.ALREADY_PRESENT)
+            if not replace:
+                raise self._duplicate(analysis)
+
+        key = analysis.blob_key
+        await self.hot.put_file(key, path)
+        try:
+            async with self._db(self._write, begin=True) as conn:
+                current = await repository.find_instance(conn, analysis.sop_uid)
+                if current is None:
+                    inserted = await repository.insert_instance(conn, analysis, Tier.HOT)
+                    old = None
+                elif current.sha256 == analysis.sha256:
+                    inserted, old = False, None
+                elif replace:
+                    await repository.replace_instance(conn, analysis, Tier.HOT, current.id)
+                    inserted, old = True, current
+                else:
+                    inserted, old = False, current
+        except BaseException:
+            await self._forget_blob(key)
+            raise
+        if not inserted:
+            # Another writer indexed this SOP Instance between our check and our commit.
+            if old is not None:
+                await self._forget_blob(key)
+                raise self._duplicate(analysis)
+            return self._outcome(analysis, IngestStatus.ALREADY_PRESENT)
+        if old is not None and old.blob_key != key:
+            await self._delete_blob(old.tier, old.blob_key)
+        return self._outcome(analysis, IngestStatus.STORED)
+
+    async def _forget_blob(self, key: str) -> None:
+        """Remove a blob we wrote but did not index, unless some index row names it."""
+        try:
+            async with self._db(self._read) as conn:
+                named = await repository.blob_is_named(conn, key)
+            if not named:
+                await self.hot.delete(key)
+        except StorageError:
+            pass  # verify reports the orphan
+
+    async def _delete_blob(self, tier: str, key: str) -> None:
+        with contextlib.suppress(StorageError):
+            await self._store_for(tier).delete(key)
+
+    def _store_for(self, tier: str) -> BlobStore:
+        if tier == Tier.HOT.value:
+            return self.hot
+        raise StoreUnavailable(f"no {tier} tier is configured")
+
+    # -- query and retrieve ---------------------------------------------------------------
+
+    async def search(self, query: Query) -> QueryResult:
+        async with self._db(self._read) as conn:
+            return await repository.search(conn, query)
+
+    async def locate(
+        self, study_uid: str, series_uid: str | None = None, sop_instance_uid: str | None = None
+    ) -> list[InstanceLocation]:
+        async with self._db(self._read) as conn:
+            return await repository.locate(conn, study_uid, series_uid, sop_instance_uid)
+
+    async def instance_metadata(
+        self, study_uid: str, series_uid: str | None = None, sop_instance_uid: str | None = None
+    ) -> list[bytes]:
+        async with self._db(self._read) as conn:
+            return await repository.instance_metadata(conn, study_uid, series_uid, sop_instance_uid)
+
+    async def open_blob(self, location: InstanceLocation) -> BlobReader:
+        return await self._store_for(location.tier.value).open(location.blob_key)
+
+    async def read_bulkdata(self, location: InstanceLocation, path: str) -> bytes:
+        """The value of the element a BulkDataURI's ``path`` names (see storage.metadata).
+
+        Raises NotFound for a path that names no binary element of the instance."""
+        reader = await self.open_blob(location)
+        try:
+            if reader.local_path is not None:
+                source: Path | io.BytesIO = reader.local_path
+            else:
+                source = io.BytesIO(await reader.read_all())
+            return await asyncio.to_thread(_read_bulkdata, source, path)
+        finally:
+            await reader.close()
+
+    # -- delete and verify ----------------------------------------------------------------
+
+    async def delete(
+        self, study_uid: str, series_uid: str | None = None, sop_instance_uid: str | None = None
+    ) -> int:
+        async with self._db(self._write, begin=True) as conn:
+            blobs = await repository.delete_instances(conn, study_uid, series_uid, sop_instance_uid)
+        for tier, key in blobs:
+            await self._delete_blob(tier, key)
+        return len(blobs)
+
+    async def verify(self, study_uid: str | None = None) -> VerifyReport:
+        async with self._db(self._read) as conn:
+            inventory = await repository.blob_inventory(conn, study_uid)
+            named = set(await repository.all_blob_keys(conn)) if study_uid is None else None
+        missing: list[str] = []
+        corrupt: list[str] = []
+        for sop_uid, tier, key, sha256 in inventory:
+            store = self._store_for(tier)
+            if not await store.exists(key):
+                missing.append(sop_uid)
+                continue
+            if await _sha256_of(store, key) != sha256:
+                corrupt.append(sop_uid)
+        orphans: list[str] = []
+        prefix = f"{study_uid}/" if study_uid is not None else ""
+        known = named if named is not None else {key for _, _, key, _ in inventory}
+        async for key in self.hot.iter_keys(prefix):
+            if key not in known:
+                orphans.append(key)
+        return VerifyReport(len(inventory), missing, corrupt, orphans)
+
+    # -- plumbing -------------------------------------------------------------------------
+
+    @contextlib.asynccontextmanager
+    async def _db(self, engine: AsyncEngine, *, begin: bool = False) -> AsyncIterator[Any]:
+        """A connection (in a transaction when ``begin``), driver errors mapped to ours."""
+        try:
+            if begin:
+                async with engine.begin() as conn:
+                    yield conn
+            else:
+                async with engine.connect() as conn:
+                    yield conn
+        except StorageError:
+            raise
+        except (DBAPIError, SQLAlchemyError, OSError) as exc:
+            raise StoreUnavailable(f"index unavailable: {exc}") from exc
+
+
+async def _sha256_of(store: BlobStore, key: str) -> str:
+    digest = hashlib.sha256()
+    reader = await store.open(key)
+    try:
+        async for chunk in reader.iter_chunks():
+            digest.update(chunk)
+    finally:
+        await reader.close()
+    return digest.hexdigest()
+
+
+def _read_bulkdata(source: Path | io.BytesIO, path: str) -> bytes:
+    ds = dcmread(source, force=True)
+    try:
+        return resolve_bulkdata(ds, path)
+    except KeyError as exc:
+        raise NotFound(f"no bulk data at {path}: {exc}") from exc
+
+
+async def open_archive(settings: StorageSettings, *, bulkdata_threshold: int = 1024) -> Archive:
+    """Open (and migrate) the index and the hot tier described by ``settings``."""
+    url = settings.resolved_index_url
+    write_engine = engine.create_engine(url, immediate=True)
+    read_engine = engine.create_engine(url) if engine.is_sqlite(url) else write_engine
+    try:
+        await engine.upgrade_engine(write_engine)
+    except (DBAPIError, SQLAlchemyError, OSError) as exc:
+        await write_engine.dispose()
+        if read_engine is not write_engine:
+            await read_engine.dispose()
+        raise StoreUnavailable(f"index unavailable: {exc}") from exc
+    hot = HotFilesystemStore(settings.data_dir / "hot")
+    return Archive(
+        settings,
+        read_engine=read_engine,
+        write_engine=write_engine,
+        hot=hot,
+        bulkdata_threshold=bulkdata_threshold,
+    )
+
+
+async def upgrade_index(settings: StorageSettings) -> None:
+    """``arca db upgrade``: migrate the configured index to the newest schema."""
+    try:
+        await engine.upgrade_index(settings)
+    except (DBAPIError, SQLAlchemyError, OSError) as exc:
+        raise StoreUnavailable(f"index unavailable: {exc}") from exc

@@ -1,0 +1,108 @@
+"""Fatal checks an object must pass before it is stored (STOW-RS / C-STORE ingest).
+
+Each check names the failure the standard assigns to it (PS3.4 B.2.3 C-STORE statuses, reused
+as STOW-RS FailureReason by PS3.18 §10.5.3). Anything not fatal is left to QC findings.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+from pydicom.dataset import Dataset
+
+from conformance.sop_classes import is_storage_sop_class
+from conformance.statuses import StowFailure
+
+# PS3.5 §9.1: components of digits without leading zeros, separated by '.', at most 64 chars.
+# Leading zeros are tolerated: real-world objects carry them and their UIDs are still unique.
+_UID = re.compile(r"^[0-9]+(\.[0-9]+)*$")
+
+REQUIRED_UIDS = (
+    ("StudyInstanceUID", 0x0020_000D),
+    ("SeriesInstanceUID", 0x0020_000E),
+    ("SOPInstanceUID", 0x0008_0018),
+    ("SOPClassUID", 0x0008_0016),
+)
+
+
+@dataclass(frozen=True)
+class FatalProblem:
+    """Why an object must be refused, in the standard's terms and in words."""
+
+    failure: StowFailure
+    message: str
+
+
+def is_valid_uid(value: object) -> bool:
+    return isinstance(value, str) and 0 < len(value) <= 64 and bool(_UID.match(value))
+
+
+def _text(ds: Dataset, tag: int) -> str | None:
+    elem = ds.get(tag)
+    if elem is None or elem.value is None:
+        return None
+    value = elem.value
+    if isinstance(value, bytes):
+        value = value.decode("ascii", "replace")
+    return str(value).strip("\x00 ")
+
+
+def check_identity(ds: Dataset, expected_study_uid: str | None = None) -> FatalProblem | None:
+    """UIDs, SOP class, File Meta agreement, and the study a STOW request addressed."""
+    for keyword, tag in REQUIRED_UIDS:
+        value = _text(ds, tag)
+        if not value:
+            return FatalProblem(StowFailure.CANNOT_UNDERSTAND, f"{keyword} is missing")
+        if not is_valid_uid(value):
+            return FatalProblem(StowFailure.CANNOT_UNDERSTAND, f"{keyword} {value!r} is not a UID")
+    sop_class = _text(ds, 0x0008_0016) or ""
+    sop_instance = _text(ds, 0x0008_0018) or ""
+    if not is_storage_sop_class(sop_class):
+        return FatalProblem(
+            StowFailure.SOP_CLASS_NOT_SUPPORTED,
+            f"SOPClassUID {sop_class} is not a storage SOP class",
+        )
+    meta = getattr(ds, "file_meta", None)
+    if meta is not None:
+        # PS3.10 §7.1: the File Meta Information must name the same class and instance.
+        media_class = _text(meta, 0x0002_0002)
+        media_instance = _text(meta, 0x0002_0003)
+        if media_class and media_class != sop_class:
+            return FatalProblem(
+                StowFailure.DATASET_DOES_NOT_MATCH_SOP_CLASS,
+                f"MediaStorageSOPClassUID {media_class} differs from SOPClassUID {sop_class}",
+            )
+        if media_instance and media_instance != sop_instance:
+            return FatalProblem(
+                StowFailure.DATASET_DOES_NOT_MATCH_SOP_CLASS,
+                f"MediaStorageSOPInstanceUID {media_instance} differs from "
+                f"SOPInstanceUID {sop_instance}",
+            )
+    study = _text(ds, 0x0020_000D) or ""
+    if expected_study_uid is not None and study != expected_study_uid:
+        # PS3.18 §10.5.3: an instance of another study than the request's target.
+        return FatalProblem(
+            StowFailure.DATASET_DOES_NOT_MATCH_SOP_CLASS,
+            f"StudyInstanceUID {study} differs from the requested study {expected_study_uid}",
+        )
+    return None
+
+
+def expected_native_pixel_length(ds: Dataset) -> int | None:
+    """Bytes native Pixel Data must hold (PS3.5 §8.1.1), or None when unknown.
+
+    Rows × Columns × SamplesPerPixel × BitsAllocated / 8 × NumberOfFrames, rounded up to
+    whole bytes (BitsAllocated 1 packs bits across frames).
+    """
+    try:
+        rows = int(ds[0x0028_0010].value)
+        columns = int(ds[0x0028_0011].value)
+        bits = int(ds[0x0028_0100].value)
+        samples = int(ds.get(0x0028_0002).value) if 0x0028_0002 in ds else 1
+        frames_elem = ds.get(0x0028_0008)
+        frames = int(frames_elem.value) if frames_elem is not None and frames_elem.value else 1
+    except (KeyError, TypeError, ValueError):
+        return None
+    total_bits = rows * columns * samples * bits * max(frames, 1)
+    return (total_bits + 7) // 8

@@ -1,0 +1,200 @@
+"""The hot tier: blobs as files under ``<data_dir>/hot`` on a local (SSD) filesystem.
+
+``put_file`` makes a blob durable before it returns: the file's data is fsync'd, it is
+renamed into place (atomic on POSIX), and the directory entry is fsync'd, so an index row
+never names a blob a crash could take back. Reads use ``os.pread`` in worker threads so the
+event loop never blocks on disk and concurrent readers share one descriptor safely.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import errno
+import os
+import shutil
+import uuid
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+from storage.errors import NotFound, OutOfResources, StorageError, StoreUnavailable
+
+_NO_SPACE = frozenset({errno.ENOSPC, errno.EDQUOT})
+_TMP_DIR = ".tmp"
+
+
+def translate_os_error(exc: OSError, what: str) -> StorageError:
+    """Map an OSError to the storage error tree (ENOSPC/EDQUOT → OutOfResources)."""
+    if exc.errno in _NO_SPACE:
+        return OutOfResources(f"{what}: {os.strerror(exc.errno or 0)}")
+    if isinstance(exc, FileNotFoundError):
+        return NotFound(f"{what}: no such blob")
+    return StoreUnavailable(f"{what}: {exc}")
+
+
+class HotFileReader:
+    """An open hot-tier blob (implements storage.blobs.BlobReader)."""
+
+    def __init__(self, path: Path, fd: int, size: int) -> None:
+        self.local_path: Path | None = path
+        self.size = size
+        self._fd: int | None = fd
+
+    def _pread(self, offset: int, length: int) -> bytes:
+        if self._fd is None:
+            raise StoreUnavailable("blob reader is closed")
+        parts: list[bytes] = []
+        while length > 0:
+            chunk = os.pread(self._fd, min(length, 1 << 24), offset)
+            if not chunk:
+                break
+            parts.append(chunk)
+            offset += len(chunk)
+            length -= len(chunk)
+        return b"".join(parts)
+
+    async def read_range(self, offset: int, length: int) -> bytes:
+        try:
+            return await asyncio.to_thread(self._pread, offset, length)
+        except OSError as exc:
+            raise translate_os_error(exc, str(self.local_path)) from exc
+
+    async def iter_chunks(self, chunk_size: int = 1 << 20) -> AsyncIterator[bytes]:
+        offset = 0
+        while offset < self.size:
+            chunk = await self.read_range(offset, min(chunk_size, self.size - offset))
+            if not chunk:
+                return
+            offset += len(chunk)
+            yield chunk
+
+    async def read_all(self) -> bytes:
+        return await self.read_range(0, self.size)
+
+    async def close(self) -> None:
+        fd, self._fd = self._fd, None
+        if fd is not None:
+            os.close(fd)
+
+
+class HotFilesystemStore:
+    """Blob store on a local directory (implements storage.blobs.BlobStore)."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self._tmp = root / _TMP_DIR
+
+    def path_of(self, key: str) -> Path:
+        if not key or key.startswith("/") or ".." in key.split("/") or key.startswith(_TMP_DIR):
+            raise NotFound(f"invalid blob key {key!r}")
+        return self.root / key
+
+    def _put_sync(self, key: str, source: Path) -> None:
+        target = self.path_of(key)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        self._tmp.mkdir(parents=True, exist_ok=True)
+        staged = self._tmp / f"{uuid.uuid4().hex}.part"
+        try:
+            try:
+                # Same filesystem: take the file over without copying its bytes.
+                os.link(source, staged)
+            except OSError:
+                shutil.copyfile(source, staged)
+            fd = os.open(staged, os.O_RDONLY)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+            os.replace(staged, target)
+            _fsync_dir(target.parent)
+        except BaseException:
+            staged.unlink(missing_ok=True)
+            raise
+        # The blob is durable; the caller's file has served its purpose.
+        source.unlink(missing_ok=True)
+
+    async def put_file(self, key: str, source: Path) -> None:
+        try:
+            await asyncio.to_thread(self._put_sync, key, source)
+        except OSError as exc:
+            raise translate_os_error(exc, f"storing blob {key}") from exc
+
+    def _open_sync(self, key: str) -> HotFileReader:
+        path = self.path_of(key)
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            size = os.fstat(fd).st_size
+        except BaseException:
+            os.close(fd)
+            raise
+        return HotFileReader(path, fd, size)
+
+    async def open(self, key: str) -> HotFileReader:
+        try:
+            return await asyncio.to_thread(self._open_sync, key)
+        except OSError as exc:
+            raise translate_os_error(exc, f"opening blob {key}") from exc
+
+    def _delete_sync(self, key: str) -> None:
+        path = self.path_of(key)
+        path.unlink(missing_ok=True)
+        # Drop now-empty series/study directories; a concurrent put recreates them.
+        for parent in (path.parent, path.parent.parent):
+            if parent == self.root:
+                break
+            try:
+                parent.rmdir()
+            except OSError:
+                break
+
+    async def delete(self, key: str) -> None:
+        try:
+            await asyncio.to_thread(self._delete_sync, key)
+        except OSError as exc:
+            raise translate_os_error(exc, f"deleting blob {key}") from exc
+
+    async def exists(self, key: str) -> bool:
+        return await asyncio.to_thread(self.path_of(key).is_file)
+
+    def _list_sync(self, prefix: str) -> list[str]:
+        keys: list[str] = []
+        if not self.root.is_dir():
+            return keys
+        for dirpath, dirnames, filenames in os.walk(self.root):
+            rel_dir = os.path.relpath(dirpath, self.root)
+            if rel_dir == ".":
+                dirnames[:] = [d for d in dirnames if d != _TMP_DIR]
+                rel_dir = ""
+            for name in filenames:
+                key = f"{rel_dir}/{name}" if rel_dir else name
+                if key.startswith(prefix):
+                    keys.append(key)
+        keys.sort()
+        return keys
+
+    async def iter_keys(self, prefix: str = "") -> AsyncIterator[str]:
+        for key in await asyncio.to_thread(self._list_sync, prefix):
+            yield key
+
+    async def file_sha256(self, key: str) -> str:
+        """SHA-256 of a blob's bytes (hex), read in a worker thread."""
+        import hashlib
+
+        def _hash() -> str:
+            digest = hashlib.sha256()
+            with open(self.path_of(key), "rb") as fh:
+                while chunk := fh.read(1 << 20):
+                    digest.update(chunk)
+            return digest.hexdigest()
+
+        try:
+            return await asyncio.to_thread(_hash)
+        except OSError as exc:
+            raise translate_os_error(exc, f"reading blob {key}") from exc
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)

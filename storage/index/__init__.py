@@ -1,0 +1,1 @@
+"""The index: the SQL schema (SQLite | PostgreSQL), its migrations, query compilation."""

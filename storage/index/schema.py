@@ -1,0 +1,222 @@
+"""The index schema (SQLAlchemy Core, dialect-neutral) and which columns answer which keys.
+
+One row per patient, study, series, instance. Each level keeps the columns QIDO-RS / C-FIND
+match on (PN also in a normalized form for case-insensitive and fuzzy matching) and a JSON
+text of that level's attributes (DICOM JSON, PS3.18 F.2) for return keys and
+``includefield=all``. The schema is created by the Alembic migrations in
+``storage/migrations``; this module must stay in step with them (a test compares them).
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass
+
+from sqlalchemy import (
+    BigInteger,
+    Column,
+    ForeignKey,
+    Index,
+    Integer,
+    MetaData,
+    String,
+    Table,
+    Text,
+    UniqueConstraint,
+)
+
+metadata = MetaData()
+
+# Dates/times are digit strings of fixed length (DA YYYYMMDD, TM HHMMSSFFFFFF, DT
+# YYYYMMDDHHMMSSFFFFFF, see storage.ingest): range matching is then lexicographic comparison,
+# identical on SQLite and PostgreSQL whatever the database's collation.
+patients = Table(
+    "patients",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("patient_id", String(64), nullable=False),
+    Column("issuer_of_patient_id", String(64), nullable=False),
+    Column("patient_name", Text),
+    Column("patient_name_norm", Text),
+    Column("patient_birth_date", String(8)),
+    Column("patient_sex", String(16)),
+    Column("attributes_json", Text, nullable=False),
+    Column("created_at", String(32), nullable=False),
+    UniqueConstraint("patient_id", "issuer_of_patient_id", name="uq_patients_identity"),
+)
+Index("ix_patients_name_norm", patients.c.patient_name_norm)
+
+studies = Table(
+    "studies",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("study_uid", String(64), nullable=False, unique=True),
+    Column("patient_pk", Integer, ForeignKey("patients.id"), nullable=False),
+    Column("study_date", String(8)),
+    Column("study_time", String(16)),
+    Column("accession_number", String(64)),
+    Column("study_id", String(64)),
+    Column("referring_physician_name", Text),
+    Column("referring_physician_name_norm", Text),
+    Column("study_description", Text),
+    Column("attributes_json", Text, nullable=False),
+    Column("created_at", String(32), nullable=False),
+    Column("last_access_at", String(32)),
+)
+Index("ix_studies_patient_pk", studies.c.patient_pk)
+Index("ix_studies_date_time", studies.c.study_date, studies.c.study_time)
+Index("ix_studies_accession", studies.c.accession_number)
+Index("ix_studies_study_id", studies.c.study_id)
+
+series = Table(
+    "series",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("series_uid", String(64), nullable=False, unique=True),
+    Column("study_pk", Integer, ForeignKey("studies.id"), nullable=False),
+    Column("modality", String(16)),
+    Column("series_number", Integer),
+    Column("series_description", Text),
+    Column("series_date", String(8)),
+    Column("series_time", String(16)),
+    Column("body_part_examined", String(16)),
+    Column("pps_start_date", String(8)),
+    Column("pps_start_time", String(16)),
+    Column("attributes_json", Text, nullable=False),
+    Column("created_at", String(32), nullable=False),
+)
+Index("ix_series_study_pk", series.c.study_pk)
+Index("ix_series_modality", series.c.modality)
+Index("ix_series_pps_start", series.c.pps_start_date, series.c.pps_start_time)
+
+# One row per item of a series' RequestAttributesSequence (0040,0275): sequence matching
+# (PS3.4 C.2.2.2.6) needs one item to match every sub-key.
+series_requests = Table(
+    "series_requests",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("series_pk", Integer, ForeignKey("series.id", ondelete="CASCADE"), nullable=False),
+    Column("requested_procedure_id", String(16)),
+    Column("scheduled_procedure_step_id", String(16)),
+    Column("accession_number", String(64)),
+)
+Index("ix_series_requests_series_pk", series_requests.c.series_pk)
+Index("ix_series_requests_sps_id", series_requests.c.scheduled_procedure_step_id)
+Index("ix_series_requests_rp_id", series_requests.c.requested_procedure_id)
+
+instances = Table(
+    "instances",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("sop_uid", String(64), nullable=False, unique=True),
+    Column("series_pk", Integer, ForeignKey("series.id"), nullable=False),
+    Column("sop_class_uid", String(64), nullable=False),
+    Column("instance_number", Integer),
+    Column("content_date", String(8)),
+    Column("content_time", String(16)),
+    Column("acquisition_datetime", String(32)),
+    Column("transfer_syntax_uid", String(64), nullable=False),
+    Column("blob_key", Text, nullable=False),
+    Column("tier", String(8), nullable=False),
+    Column("size", BigInteger, nullable=False),
+    Column("sha256", String(64), nullable=False),
+    Column("number_of_frames", Integer, nullable=False),
+    Column("frames_json", Text),
+    Column("pixel_json", Text, nullable=False),
+    Column("metadata_json", Text, nullable=False),
+    Column("attributes_json", Text, nullable=False),
+    Column("stored_at", String(32), nullable=False),
+    Column("last_access_at", String(32)),
+)
+Index("ix_instances_series_pk_number", instances.c.series_pk, instances.c.instance_number)
+Index("ix_instances_sop_class", instances.c.sop_class_uid)
+Index("ix_instances_blob_key", instances.c.blob_key)
+
+# Modality Worklist items (PS3.4 K.6), maintained by the dimse/HL7 side; flattened on the
+# first Scheduled Procedure Step item for matching, the full item kept as DICOM JSON.
+worklist_items = Table(
+    "worklist_items",
+    metadata,
+    Column("id", String(64), primary_key=True),
+    Column("status", String(16), nullable=False),
+    Column("accession_number", String(64)),
+    Column("patient_id", String(64)),
+    Column("patient_name", Text),
+    Column("patient_name_norm", Text),
+    Column("scheduled_station_ae_title", String(16)),
+    Column("modality", String(16)),
+    Column("sps_start_date", String(8)),
+    Column("sps_start_time", String(16)),
+    Column("sps_id", String(16)),
+    Column("requested_procedure_id", String(16)),
+    Column("dataset_json", Text, nullable=False),
+    Column("created_at", String(32), nullable=False),
+    Column("updated_at", String(32), nullable=False),
+)
+Index("ix_worklist_station_ae", worklist_items.c.scheduled_station_ae_title)
+Index("ix_worklist_sps_start", worklist_items.c.sps_start_date, worklist_items.c.sps_start_time)
+Index("ix_worklist_modality", worklist_items.c.modality)
+Index("ix_worklist_patient_id", worklist_items.c.patient_id)
+Index("ix_worklist_accession", worklist_items.c.accession_number)
+
+
+class ColumnKind(enum.Enum):
+    TEXT = "text"
+    PN = "pn"
+    """Matched on the ``<name>_norm`` sibling column (case-folded, accents stripped)."""
+    INT = "int"
+    DATE = "date"
+    TIME = "time"
+    DATETIME = "datetime"
+    UID = "uid"
+
+
+@dataclass(frozen=True)
+class MatchColumn:
+    """Where the index keeps an attribute's value for matching."""
+
+    level: str
+    column: str
+    kind: ColumnKind
+
+
+MATCH_COLUMNS: dict[int, MatchColumn] = {
+    0x0010_0020: MatchColumn("PATIENT", "patient_id", ColumnKind.TEXT),
+    0x0010_0021: MatchColumn("PATIENT", "issuer_of_patient_id", ColumnKind.TEXT),
+    0x0010_0010: MatchColumn("PATIENT", "patient_name", ColumnKind.PN),
+    0x0010_0030: MatchColumn("PATIENT", "patient_birth_date", ColumnKind.DATE),
+    0x0010_0040: MatchColumn("PATIENT", "patient_sex", ColumnKind.TEXT),
+    0x0020_000D: MatchColumn("STUDY", "study_uid", ColumnKind.UID),
+    0x0008_0020: MatchColumn("STUDY", "study_date", ColumnKind.DATE),
+    0x0008_0030: MatchColumn("STUDY", "study_time", ColumnKind.TIME),
+    0x0008_0050: MatchColumn("STUDY", "accession_number", ColumnKind.TEXT),
+    0x0020_0010: MatchColumn("STUDY", "study_id", ColumnKind.TEXT),
+    0x0008_0090: MatchColumn("STUDY", "referring_physician_name", ColumnKind.PN),
+    0x0008_1030: MatchColumn("STUDY", "study_description", ColumnKind.TEXT),
+    0x0020_000E: MatchColumn("SERIES", "series_uid", ColumnKind.UID),
+    0x0008_0060: MatchColumn("SERIES", "modality", ColumnKind.TEXT),
+    0x0020_0011: MatchColumn("SERIES", "series_number", ColumnKind.INT),
+    0x0008_103E: MatchColumn("SERIES", "series_description", ColumnKind.TEXT),
+    0x0008_0021: MatchColumn("SERIES", "series_date", ColumnKind.DATE),
+    0x0008_0031: MatchColumn("SERIES", "series_time", ColumnKind.TIME),
+    0x0018_0015: MatchColumn("SERIES", "body_part_examined", ColumnKind.TEXT),
+    0x0040_0244: MatchColumn("SERIES", "pps_start_date", ColumnKind.DATE),
+    0x0040_0245: MatchColumn("SERIES", "pps_start_time", ColumnKind.TIME),
+    0x0008_0018: MatchColumn("IMAGE", "sop_uid", ColumnKind.UID),
+    0x0008_0016: MatchColumn("IMAGE", "sop_class_uid", ColumnKind.UID),
+    0x0020_0013: MatchColumn("IMAGE", "instance_number", ColumnKind.INT),
+    0x0008_0023: MatchColumn("IMAGE", "content_date", ColumnKind.DATE),
+    0x0008_0033: MatchColumn("IMAGE", "content_time", ColumnKind.TIME),
+    0x0008_002A: MatchColumn("IMAGE", "acquisition_datetime", ColumnKind.DATETIME),
+}
+"""Attribute tag → the column that matches it."""
+
+REQUEST_ATTRIBUTES_SEQUENCE = 0x0040_0275
+REQUEST_ITEM_COLUMNS: dict[int, MatchColumn] = {
+    0x0040_1001: MatchColumn("SERIES", "requested_procedure_id", ColumnKind.TEXT),
+    0x0040_0009: MatchColumn("SERIES", "scheduled_procedure_step_id", ColumnKind.TEXT),
+    0x0008_0050: MatchColumn("SERIES", "accession_number", ColumnKind.TEXT),
+}
+"""Sub-keys of RequestAttributesSequence the index can match (series_requests columns)."""
+
+LEVEL_TABLES = {"PATIENT": patients, "STUDY": studies, "SERIES": series, "IMAGE": instances}

@@ -1,0 +1,364 @@
+"""Ingest, part one: read an incoming object once and derive everything the index needs.
+
+:func:`analyze` runs in a worker thread (it reads the file): SHA-256 and size of the bytes as
+received, the header parsed once by pydicom with large values deferred, the fatal checks of
+:mod:`conformance.validation`, frame spans, the precomputed DICOM JSON metadata and each
+level's matching values. It raises :class:`~storage.errors.IngestRejected` for objects that
+must not be stored; the archive then writes the blob and one index transaction.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import os
+import struct
+import unicodedata
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from pydicom import dcmread
+from pydicom.dataelem import RawDataElement
+from pydicom.dataset import Dataset
+from pydicom.errors import InvalidDicomError
+
+from conformance.attributes import IMAGE, PATIENT, SERIES, STUDY
+from conformance.statuses import StowFailure
+from conformance.transfer_syntaxes import (
+    DEFLATED_EXPLICIT_VR_LITTLE_ENDIAN,
+    EXPLICIT_VR_BIG_ENDIAN,
+    IMPLICIT_VR_LITTLE_ENDIAN,
+    lookup,
+)
+from conformance.validation import check_identity, expected_native_pixel_length
+from storage.errors import IngestRejected
+from storage.frames import (
+    PixelDataTruncated,
+    encapsulated_spans,
+    native_spans,
+    read_encapsulated_items,
+)
+from storage.metadata import JsonDict, instance_json, split_levels
+from storage.model import FrameSpan
+
+PIXEL_DATA = 0x7FE0_0010
+EXTENDED_OFFSET_TABLE = 0x7FE0_0001
+_PIXEL_KEYWORDS = (
+    "Rows",
+    "Columns",
+    "BitsAllocated",
+    "BitsStored",
+    "HighBit",
+    "PixelRepresentation",
+    "SamplesPerPixel",
+    "PhotometricInterpretation",
+    "PlanarConfiguration",
+)
+
+
+@dataclass
+class Analysis:
+    """Everything ingest learned from one object, ready for the index transaction."""
+
+    study_uid: str
+    series_uid: str
+    sop_uid: str
+    sop_class_uid: str
+    transfer_syntax_uid: str
+    size: int
+    sha256: str
+    number_of_frames: int
+    frames: tuple[FrameSpan, ...] | None
+    pixel_attributes: dict[str, int | str]
+    metadata: JsonDict
+    level_attributes: dict[str, JsonDict]
+    columns: dict[str, dict[str, Any]] = field(default_factory=dict)
+    """Matching column values per level (PATIENT, STUDY, SERIES, IMAGE)."""
+    requests: list[dict[str, str | None]] = field(default_factory=list)
+    """RequestAttributesSequence items (series_requests rows)."""
+
+    @property
+    def blob_key(self) -> str:
+        return f"{self.study_uid}/{self.series_uid}/{self.sop_uid}-{self.sha256[:16]}.dcm"
+
+
+def _reject(failure: StowFailure, message: str) -> IngestRejected:
+    return IngestRejected(failure, message)
+
+
+def hash_file(path: Path) -> tuple[int, str]:
+    digest = hashlib.sha256()
+    size = 0
+    with open(path, "rb") as fh:
+        while chunk := fh.read(1 << 20):
+            digest.update(chunk)
+            size += len(chunk)
+    return size, digest.hexdigest()
+
+
+def analyze(
+    path: Path, *, bulkdata_threshold: int, bulkdata_base: str, expected_study_uid: str | None
+) -> Analysis:
+    """Read ``path`` once; raise IngestRejected for objects that must not be stored."""
+    size, sha256 = hash_file(path)
+    try:
+        # force: a bare data set (no preamble/File Meta, e.g. a C-STORE payload) is accepted.
+        ds = dcmread(path, defer_size=max(bulkdata_threshold, 256), force=True)
+    except (InvalidDicomError, EOFError, ValueError, struct.error, OSError, KeyError) as exc:
+        raise _reject(StowFailure.CANNOT_UNDERSTAND, f"not a DICOM object: {exc}") from exc
+    except Exception as exc:  # pydicom raises many types on garbage; all mean "cannot parse"
+        raise _reject(StowFailure.CANNOT_UNDERSTAND, f"not a DICOM object: {exc}") from exc
+    try:
+        return _analyze_dataset(
+            path, ds, size, sha256, bulkdata_threshold, bulkdata_base, expected_study_uid
+        )
+    except IngestRejected:
+        raise
+    except PixelDataTruncated as exc:
+        raise _reject(StowFailure.CANNOT_UNDERSTAND, f"truncated: {exc}") from exc
+    except Exception as exc:
+        raise _reject(StowFailure.CANNOT_UNDERSTAND, f"cannot read the data set: {exc}") from exc
+
+
+def _transfer_syntax(ds: Dataset) -> str:
+    meta = getattr(ds, "file_meta", None)
+    uid = meta.get("TransferSyntaxUID") if meta is not None else None
+    if uid:
+        return str(uid)
+    # A bare data set: pydicom tells how it decoded it.
+    if ds.original_encoding[0] is False:
+        return (
+            EXPLICIT_VR_BIG_ENDIAN if ds.original_encoding[1] is False else ("1.2.840.10008.1.2.1")
+        )
+    return IMPLICIT_VR_LITTLE_ENDIAN
+
+
+def _analyze_dataset(
+    path: Path,
+    ds: Dataset,
+    size: int,
+    sha256: str,
+    threshold: int,
+    base: str,
+    expected_study_uid: str | None,
+) -> Analysis:
+    if len(ds) == 0:
+        raise _reject(StowFailure.CANNOT_UNDERSTAND, "not a DICOM object: no data elements")
+    problem = check_identity(ds, expected_study_uid)
+    if problem is not None:
+        raise _reject(problem.failure, problem.message)
+    study, series, sop = (
+        str(ds[t].value).strip("\x00 ") for t in (0x0020_000D, 0x0020_000E, 0x0008_0018)
+    )
+    sop_class = str(ds[0x0008_0016].value).strip("\x00 ")
+    ts_uid = _transfer_syntax(ds)
+    number_of_frames, frames = _frames(path, ds, ts_uid, size)
+    metadata = instance_json(
+        ds, threshold=threshold, base=base, study=study, series=series, sop=sop
+    )
+    pixel: dict[str, int | str] = {}
+    for keyword in _PIXEL_KEYWORDS:
+        value = ds.get(keyword)
+        if value is not None and value != "":
+            pixel[keyword] = value if isinstance(value, str) else int(value)
+    analysis = Analysis(
+        study_uid=study,
+        series_uid=series,
+        sop_uid=sop,
+        sop_class_uid=sop_class,
+        transfer_syntax_uid=ts_uid,
+        size=size,
+        sha256=sha256,
+        number_of_frames=number_of_frames,
+        frames=frames,
+        pixel_attributes=pixel,
+        metadata=metadata,
+        level_attributes=split_levels(metadata),
+    )
+    analysis.columns = _columns(ds)
+    analysis.requests = _requests(ds)
+    return analysis
+
+
+def _frames(
+    path: Path, ds: Dataset, ts_uid: str, file_size: int
+) -> tuple[int, tuple[FrameSpan, ...] | None]:
+    raw = ds.get_item(PIXEL_DATA, keep_deferred=True)
+    if raw is None:
+        return 0, ()
+    frames_elem = ds.get(0x0028_0008)
+    try:
+        number_of_frames = (
+            max(int(frames_elem.value), 1) if frames_elem and frames_elem.value else 1
+        )
+    except (TypeError, ValueError):
+        number_of_frames = 1
+    syntax = lookup(ts_uid)
+    encapsulated = syntax.encapsulated if syntax else False
+    deflated = ts_uid == DEFLATED_EXPLICIT_VR_LITTLE_ENDIAN
+    if deflated or not isinstance(raw, RawDataElement):
+        # Offsets into a deflated stream say nothing about the stored bytes; a converted
+        # element has lost its file position. Check the length we can see.
+        value = ds.PixelData
+        expected = expected_native_pixel_length(ds)
+        if not encapsulated and expected is not None and len(value) < expected:
+            raise PixelDataTruncated(f"Pixel Data holds {len(value)} bytes, needs {expected}")
+        return number_of_frames, None
+    value_offset = int(raw.value_tell)
+    if encapsulated or raw.length == 0xFFFF_FFFF:
+        with open(path, "rb") as fp:
+            bot, fragments = read_encapsulated_items(fp, value_offset)
+        extended = None
+        if EXTENDED_OFFSET_TABLE in ds:
+            eot = ds[EXTENDED_OFFSET_TABLE].value
+            extended = list(struct.unpack(f"<{len(eot) // 8}Q", eot))
+        return number_of_frames, encapsulated_spans(bot, fragments, number_of_frames, extended)
+    length = int(raw.length)
+    if value_offset + length > file_size:
+        raise PixelDataTruncated(
+            f"Pixel Data claims {length} bytes, the file ends {file_size - value_offset} "
+            "bytes after its start"
+        )
+    expected = expected_native_pixel_length(ds)
+    if expected is not None and length < expected:
+        raise PixelDataTruncated(f"Pixel Data holds {length} bytes, needs {expected}")
+    bits = ds.get(0x0028_0100)
+    if expected is None or ts_uid == EXPLICIT_VR_BIG_ENDIAN or (bits and int(bits.value) == 1):
+        return number_of_frames, None
+    return number_of_frames, native_spans(
+        value_offset, length, expected // number_of_frames, number_of_frames
+    )
+
+
+def normalize_pn(value: str | None) -> str | None:
+    """Case-folded, accent-free person name for case-insensitive and fuzzy matching.
+
+    Trailing empty components are dropped (``Doe^John^^^`` equals ``Doe^John``, PS3.5 §6.2).
+    """
+    if value is None:
+        return None
+    decomposed = unicodedata.normalize("NFKD", value)
+    stripped = "".join(c for c in decomposed if not unicodedata.combining(c))
+    groups = [group.rstrip("^ ").strip() for group in stripped.upper().split("=")]
+    return "=".join(groups).rstrip("=")
+
+
+def _text(ds: Dataset, tag: int) -> str | None:
+    elem = ds.get(tag)
+    if elem is None or elem.value is None or elem.value == "":
+        return None
+    value = elem.value
+    if elem.VM > 1:
+        value = "\\".join(str(v) for v in value)
+    return str(value).strip()
+
+
+def _int(ds: Dataset, tag: int) -> int | None:
+    elem = ds.get(tag)
+    try:
+        return int(elem.value) if elem is not None and elem.value not in (None, "") else None
+    except (TypeError, ValueError):
+        return None
+
+
+def normalize_time(value: str, *, upper: bool = False) -> str:
+    """TM as 12 digits HHMMSSFFFFFF for lexicographic range matching on any collation.
+
+    Missing trailing parts are filled with zeros, or for the upper bound of a range with
+    nines, so ``-12`` includes 12:59 (PS3.4 C.2.2.2.5: a range includes the partial value).
+    """
+    core = value.strip().replace(":", "")
+    whole, _, fraction = core.partition(".")
+    fill = "9" if upper else "0"
+    whole = whole[:6].ljust(6, fill)
+    fraction = fraction[:6].ljust(6, fill)
+    return whole + fraction
+
+
+def normalize_datetime(value: str, *, upper: bool = False) -> str:
+    """DT as 20 digits YYYYMMDDHHMMSSFFFFFF; the UTC offset is ignored (stored as sent)."""
+    core = value.strip()
+    for sign in ("+", "-"):
+        if sign in core[4:]:
+            core = core[: 4 + core[4:].index(sign)]
+    whole, _, fraction = core.partition(".")
+    fill = "9" if upper else "0"
+    date_fill = {4: "1231" if upper else "0101", 6: "31" if upper else "01"}
+    whole = whole + date_fill.get(len(whole), "")
+    return whole[:14].ljust(14, fill) + fraction[:6].ljust(6, fill)
+
+
+def _time(ds: Dataset, tag: int) -> str | None:
+    value = _text(ds, tag)
+    if not value:
+        return None
+    normalized = normalize_time(value)
+    return normalized if normalized.isdigit() else None
+
+
+def _datetime(ds: Dataset, tag: int) -> str | None:
+    value = _text(ds, tag)
+    if not value:
+        return None
+    normalized = normalize_datetime(value)
+    return normalized if normalized.isdigit() else None
+
+
+def _columns(ds: Dataset) -> dict[str, dict[str, Any]]:
+    patient_name = _text(ds, 0x0010_0010)
+    referring = _text(ds, 0x0008_0090)
+    return {
+        PATIENT: {
+            "patient_id": _text(ds, 0x0010_0020) or "",
+            "issuer_of_patient_id": _text(ds, 0x0010_0021) or "",
+            "patient_name": patient_name,
+            "patient_name_norm": normalize_pn(patient_name),
+            "patient_birth_date": _text(ds, 0x0010_0030),
+            "patient_sex": _text(ds, 0x0010_0040),
+        },
+        STUDY: {
+            "study_date": _text(ds, 0x0008_0020),
+            "study_time": _time(ds, 0x0008_0030),
+            "accession_number": _text(ds, 0x0008_0050),
+            "study_id": _text(ds, 0x0020_0010),
+            "referring_physician_name": referring,
+            "referring_physician_name_norm": normalize_pn(referring),
+            "study_description": _text(ds, 0x0008_1030),
+        },
+        SERIES: {
+            "modality": _text(ds, 0x0008_0060),
+            "series_number": _int(ds, 0x0020_0011),
+            "series_description": _text(ds, 0x0008_103E),
+            "series_date": _text(ds, 0x0008_0021),
+            "series_time": _time(ds, 0x0008_0031),
+            "body_part_examined": _text(ds, 0x0018_0015),
+            "pps_start_date": _text(ds, 0x0040_0244),
+            "pps_start_time": _time(ds, 0x0040_0245),
+        },
+        IMAGE: {
+            "instance_number": _int(ds, 0x0020_0013),
+            "content_date": _text(ds, 0x0008_0023),
+            "content_time": _time(ds, 0x0008_0033),
+            "acquisition_datetime": _datetime(ds, 0x0008_002A),
+        },
+    }
+
+
+def _requests(ds: Dataset) -> list[dict[str, str | None]]:
+    elem = ds.get(0x0040_0275)
+    if elem is None or elem.VR != "SQ" or not elem.value:
+        return []
+    return [
+        {
+            "requested_procedure_id": _text(item, 0x0040_1001),
+            "scheduled_procedure_step_id": _text(item, 0x0040_0009),
+            "accession_number": _text(item, 0x0008_0050),
+        }
+        for item in elem.value
+    ]
+
+
+def remove_quietly(path: Path) -> None:
+    with contextlib.suppress(OSError):
+        os.unlink(path)

@@ -1,0 +1,161 @@
+"""The precomputed DICOM JSON metadata of an instance (PS3.18 §F.2), made once at ingest.
+
+Binary values (VR OB, OD, OF, OL, OV, OW, UN) longer than the bulk data threshold, and Pixel
+Data always, become ``{"vr": .., "BulkDataURI": ..}``. The URI is
+``arca-base:/studies/{study}/series/{series}/instances/{sop}/bulkdata/{path}`` where ``path``
+locates the element by tags and item indexes, slash-separated, tags as 8 upper-case hex
+digits and item indexes zero-based decimal::
+
+    7FE00010                       Pixel Data at the top level
+    00540016/0/00181072            (0018,1072) in item 0 of (0054,0016)
+    52009230/3/00289110/0/00280030 nested deeper
+
+Deferred values (larger than the parser's ``defer_size``) are never loaded to decide: the raw
+element's length is enough, so a 2 GB multi-frame object costs no more than its header.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from typing import Any
+
+from pydicom.datadict import dictionary_VR
+from pydicom.dataelem import DataElement, RawDataElement
+from pydicom.dataset import Dataset
+
+from conformance.attributes import IMAGE, PATIENT, SERIES, SHARED_TAGS, STUDY, level_of_tag
+
+BINARY_VRS = frozenset({"OB", "OD", "OF", "OL", "OV", "OW", "UN"})
+PIXEL_DATA_TAGS = frozenset({0x7FE0_0008, 0x7FE0_0009, 0x7FE0_0010})
+UNDEFINED_LENGTH = 0xFFFF_FFFF
+
+JsonDict = dict[str, Any]
+
+
+def bulkdata_uri(base: str, study: str, series: str, sop: str, path: str) -> str:
+    return f"{base}/studies/{study}/series/{series}/instances/{sop}/bulkdata/{path}"
+
+
+def _vr_of_raw(ds: Dataset, raw: RawDataElement) -> str:
+    vr = raw.VR
+    if not vr:
+        try:
+            vr = str(dictionary_VR(raw.tag))
+        except KeyError:
+            vr = "UN"
+    if " or " in vr:
+        # Ambiguous dictionary VRs (PS3.5 §A.1): Pixel Data is OB when encapsulated or 8-bit.
+        if raw.length == UNDEFINED_LENGTH:
+            return "OB"
+        bits = ds.get(0x0028_0100)
+        if bits is not None and bits.value is not None and int(bits.value) <= 8:
+            return "OB"
+        return "OW"
+    return str(vr)
+
+
+def dataset_to_json(
+    ds: Dataset, *, threshold: int, uri_prefix: str, path: tuple[str, ...] = ()
+) -> JsonDict:
+    """DICOM JSON of ``ds`` with BulkDataURIs ``uri_prefix + "/" + path``."""
+    out: JsonDict = {}
+    for base_tag in sorted(ds.keys()):
+        tag = int(base_tag)
+        if tag & 0xFFFF == 0 or tag >> 16 == 0x0002:
+            continue  # group lengths (retired, PS3.5 §7.2) and File Meta are not data set content
+        key = f"{tag:08X}"
+        item = ds.get_item(tag, keep_deferred=True)
+        if isinstance(item, RawDataElement) and item.value is None and item.length:
+            vr = _vr_of_raw(ds, item)
+            if vr in BINARY_VRS:
+                out[key] = {"vr": vr, "BulkDataURI": f"{uri_prefix}/{'/'.join((*path, key))}"}
+                continue
+        elem: DataElement = ds[tag]
+        vr = elem.VR
+        if vr == "SQ":
+            items = [
+                dataset_to_json(
+                    child, threshold=threshold, uri_prefix=uri_prefix, path=(*path, key, str(i))
+                )
+                for i, child in enumerate(elem.value or [])
+            ]
+            out[key] = {"vr": "SQ", "Value": items} if items else {"vr": "SQ"}
+            continue
+        if vr in BINARY_VRS and elem.value is not None:
+            length = len(elem.value) if not elem.is_empty else 0
+            if tag in PIXEL_DATA_TAGS or length > threshold:
+                out[key] = {"vr": vr, "BulkDataURI": f"{uri_prefix}/{'/'.join((*path, key))}"}
+                continue
+        out[key] = elem.to_json_dict(None, threshold + 1)
+    return out
+
+
+def instance_json(
+    ds: Dataset, *, threshold: int, base: str, study: str, series: str, sop: str
+) -> JsonDict:
+    prefix = bulkdata_uri(base, study, series, sop, "").rstrip("/")
+    return dataset_to_json(ds, threshold=threshold, uri_prefix=prefix)
+
+
+def split_levels(meta: JsonDict) -> dict[str, JsonDict]:
+    """The attributes of each hierarchy level (PATIENT, STUDY, SERIES, IMAGE) from one
+    instance's JSON. Bulk data stays out of the instance level's (search-time) attributes."""
+    levels: dict[str, JsonDict] = {PATIENT: {}, STUDY: {}, SERIES: {}, IMAGE: {}}
+    for key, value in meta.items():
+        tag = int(key, 16)
+        if "BulkDataURI" in value:
+            continue
+        if tag in SHARED_TAGS:
+            for level_attrs in levels.values():
+                level_attrs[key] = value
+            continue
+        levels[level_of_tag(tag)][key] = value
+    return levels
+
+
+def dumps(obj: Any) -> str:
+    return json.dumps(obj, separators=(",", ":"), ensure_ascii=False)
+
+
+def parse_bulkdata_path(path: str) -> list[int | str]:
+    """Validate a bulk data path; returns alternating tag ints and item indexes (as int)."""
+    parts = path.strip("/").split("/")
+    if len(parts) % 2 != 1:
+        raise ValueError(f"bad bulk data path {path!r}")
+    steps: list[int | str] = []
+    for i, part in enumerate(parts):
+        if i % 2 == 0:
+            if len(part) != 8:
+                raise ValueError(f"bad tag {part!r} in bulk data path")
+            steps.append(int(part, 16))
+        else:
+            if not part.isdigit():
+                raise ValueError(f"bad item index {part!r} in bulk data path")
+            steps.append(str(int(part)))
+    return steps
+
+
+def resolve_bulkdata(ds: Dataset, path: str) -> bytes:
+    """The bytes of the element ``path`` names in ``ds`` (KeyError when there is none)."""
+    try:
+        steps = parse_bulkdata_path(path)
+    except ValueError as exc:
+        raise KeyError(str(exc)) from exc
+    current: Dataset = ds
+    walk: Iterator[int | str] = iter(steps)
+    for step in walk:
+        assert isinstance(step, int)
+        if step not in current:
+            raise KeyError(f"no element {step:08X}")
+        elem = current[step]
+        index = next(walk, None)
+        if index is None:
+            if elem.VR not in BINARY_VRS or elem.value is None:
+                raise KeyError(f"{step:08X} is not bulk data")
+            return bytes(elem.value)
+        items = elem.value if elem.VR == "SQ" else None
+        if not items or int(index) >= len(items):
+            raise KeyError(f"no item {index} in {step:08X}")
+        current = items[int(index)]
+    raise KeyError("empty bulk data path")
