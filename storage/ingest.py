@@ -144,7 +144,10 @@ def _analyze_dataset(
     expected_study_uid: str | None,
 ) -> Analysis:
     if len(ds) == 0:
-        raise _reject(StowFailure.CANNOT_UNDERSTAND, "not a DICOM object: no data elements")
+        raise _reject(
+            StowFailure.CANNOT_UNDERSTAND,
+            "not a DICOM object: no data element could be read (not DICOM, or truncated)",
+        )
     problem = check_identity(ds, expected_study_uid)
     if problem is not None:
         raise _reject(problem.failure, problem.message)

@@ -70,9 +70,9 @@ async def _study_computed(
             out[pk][A.NUMBER_OF_STUDY_RELATED_INSTANCES] = counts.get(pk, 0)
     if A.MODALITIES_IN_STUDY in wanted:
         rows = await conn.execute(
-            select(distinct(series.c.study_pk), series.c.modality).where(
-                series.c.study_pk.in_(ids), series.c.modality.is_not(None)
-            )
+            select(series.c.study_pk, series.c.modality)
+            .where(series.c.study_pk.in_(ids), series.c.modality.is_not(None))
+            .distinct()
         )
         found: dict[int, set[str]] = defaultdict(set)
         for pk, modality in rows.all():
