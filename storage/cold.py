@@ -364,6 +364,8 @@ class S3BlobStore:
         """Stream the object into ``target`` (a fresh temp file when None), fsync'd, and
         check its SHA-256; raises CorruptBlob (and removes the file) on a mismatch."""
         if target is None:
+            if self.spool_dir is not None:
+                await asyncio.to_thread(self.spool_dir.mkdir, parents=True, exist_ok=True)
             fd, name = tempfile.mkstemp(prefix="arca-cold-", suffix=".part", dir=self.spool_dir)
             os.close(fd)
             target = Path(name)

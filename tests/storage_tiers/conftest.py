@@ -2,15 +2,20 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
+from pathlib import Path
 
+import asyncpg
 import boto3
 import pytest
 from moto.server import ThreadedMotoServer
 
+from config.settings import StorageSettings
+from storage.archive import Archive, open_archive
 from storage.cold import S3BlobStore
 
 # moto accepts any credentials unless told otherwise; obstore needs some to sign requests.
@@ -80,3 +85,85 @@ async def cold(moto_s3: MotoS3, bucket: str) -> AsyncIterator[S3BlobStore]:
     await store.check()
     yield store
     await store.close()
+
+
+PG_ADMIN_DSN = "postgresql://postgres@127.0.0.1:5432/postgres"
+
+
+async def _pg_admin(sql: str) -> None:
+    conn = await asyncpg.connect(PG_ADMIN_DSN)
+    try:
+        await conn.execute(sql)
+    finally:
+        await conn.close()
+
+
+@pytest.fixture(scope="module")
+def pg_url() -> Iterator[str]:
+    """A fresh PostgreSQL database for one test module (dropped afterwards)."""
+    name = f"arca_test_{uuid.uuid4().hex}"
+    try:
+        asyncio.run(_pg_admin(f'CREATE DATABASE "{name}"'))
+    except (OSError, asyncpg.PostgresError) as exc:
+        pytest.skip(f"PostgreSQL on 127.0.0.1:5432 not available: {exc}")
+    try:
+        yield f"postgresql://postgres@127.0.0.1:5432/{name}"
+    finally:
+        asyncio.run(_pg_admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+
+
+async def _truncate_pg(url: str) -> None:
+    conn = await asyncpg.connect(url)
+    try:
+        tables = await conn.fetch(
+            "SELECT tablename FROM pg_tables WHERE schemaname='public' "
+            "AND tablename <> 'alembic_version'"
+        )
+        if tables:
+            names = ", ".join(f'"{t["tablename"]}"' for t in tables)
+            await conn.execute(f"TRUNCATE {names} RESTART IDENTITY CASCADE")
+    finally:
+        await conn.close()
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def backend(request: pytest.FixtureRequest) -> str:
+    return str(request.param)
+
+
+@pytest.fixture
+def tier_settings(
+    backend: str, tmp_path: Path, moto_s3: MotoS3, bucket: str, request: pytest.FixtureRequest
+) -> StorageSettings:
+    """Settings of an archive with a cold tier in a fresh bucket, on SQLite or PostgreSQL."""
+    index_url = request.getfixturevalue("pg_url") if backend == "postgresql" else None
+    if index_url is not None:
+        asyncio.run(_truncate_pg_if_migrated(index_url))
+    return StorageSettings(
+        data_dir=tmp_path / "data",
+        index_url=index_url,
+        cold_store=f"s3://{bucket}/cold",
+        s3_endpoint_url=moto_s3.endpoint,
+        s3_region="us-east-1",
+        prefetch_max_concurrency=2,
+        prefetch_max_bytes=64 * 1024**2,
+    )
+
+
+async def _truncate_pg_if_migrated(url: str) -> None:
+    conn = await asyncpg.connect(url)
+    try:
+        migrated = await conn.fetchval("SELECT to_regclass('public.instances') IS NOT NULL")
+    finally:
+        await conn.close()
+    if migrated:
+        await _truncate_pg(url)
+
+
+@pytest.fixture
+async def tiered_archive(tier_settings: StorageSettings) -> AsyncIterator[Archive]:
+    archive = await open_archive(tier_settings)
+    try:
+        yield archive
+    finally:
+        await archive.close()

@@ -1,0 +1,662 @@
+"""Blob placement between the hot (filesystem) and cold (S3) tiers: policy, migration, recall.
+
+New instances land hot. :meth:`TierManager.run_policy` moves studies cold that nobody read for
+``migrate_after_days``, and the least recently used ones while the hot tier holds more than
+``hot_high_watermark_bytes``; :meth:`TierManager.migrate_study` moves one study either way
+(recall = to hot). :class:`TierPolicyTask` runs the policy periodically in the server.
+
+Crash safety. The ``instances.tier`` column names the copy that readers use, and every state a
+crash (kill -9) can leave is valid:
+
+====================  ==========================  ===================================
+row says              copies that exist           how it got there / what happens
+====================  ==========================  ===================================
+source tier           source (+ partial target?)  before/while copying: S3 PUTs and the
+                                                  hot tier's temp+rename are atomic, so
+                                                  a target copy is complete or absent
+source tier           source + verified target    after copy, before the flip
+target tier           source + target             after the flip, before deleting source
+target tier           target                      done
+====================  ==========================  ===================================
+
+:meth:`TierManager.sweep` (run at start-up) deletes the copy on the tier the row does not
+name. Two rules make this safe between concurrent migrations, recalls and sweeps on any
+number of nodes: a row is flipped only inside a transaction that locks it (``SELECT ... FOR
+UPDATE`` on PostgreSQL, ``BEGIN IMMEDIATE`` on SQLite) and sees the target copy present; a
+copy is deleted only inside such a transaction that sees the row name the *other* tier. The
+source copy is deleted only after the flip committed, so the row never names a deleted copy.
+Copies are verified before the flip: the cold copy is read back and hashed (S3 ETags are not
+content hashes for multipart uploads), a recalled copy is hashed while it downloads.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import time
+from collections.abc import AsyncIterator, Callable, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any, Protocol
+
+from sqlalchemy import Select, func, select, update
+from sqlalchemy.exc import DBAPIError, SQLAlchemyError
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+
+from config.settings import StorageSettings
+from storage.blobs import BlobReader
+from storage.cold import S3BlobStore
+from storage.errors import CorruptBlob, NotFound, StorageError, StoreUnavailable
+from storage.hot import HotFilesystemStore
+from storage.index.schema import instances, series, studies
+from storage.model import InstanceLocation, Tier
+
+log = logging.getLogger(__name__)
+
+_BATCH = 32
+"""Instances flipped per index transaction: bounds how long a migration holds row locks."""
+_LOW_WATERMARK = 0.9
+"""Once over the high watermark, move studies cold until the hot tier is under 90% of it."""
+
+
+def _now() -> datetime:
+    return datetime.now(UTC)
+
+
+def _stamp(moment: datetime) -> str:
+    # Same form as the index's other timestamps (storage.index.repository.now).
+    return moment.astimezone(UTC).isoformat(timespec="microseconds")
+
+
+class TransferLimiter(Protocol):
+    """Hands out permission for one blob transfer (the prefetcher's bounded, yielding slots)."""
+
+    def slot(self) -> contextlib.AbstractAsyncContextManager[None]: ...
+
+
+class _Semaphore:
+    def __init__(self, n: int) -> None:
+        self._sem = asyncio.Semaphore(n)
+
+    @contextlib.asynccontextmanager
+    async def slot(self) -> AsyncIterator[None]:
+        async with self._sem:
+            yield
+
+
+@dataclass(frozen=True)
+class TierUsage:
+    instances: int = 0
+    bytes: int = 0
+
+
+@dataclass(frozen=True)
+class TierStatus:
+    """``arca tier status``: what each tier holds."""
+
+    hot: TierUsage
+    cold: TierUsage
+    cold_store: str | None
+    """``s3://BUCKET/PREFIX`` or None when no cold tier is configured."""
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "hot": {"instances": self.hot.instances, "bytes": self.hot.bytes},
+            "cold": {"instances": self.cold.instances, "bytes": self.cold.bytes},
+            "cold_store": self.cold_store,
+        }
+
+
+async def tier_status(conn: AsyncConnection, cold_store: str | None) -> TierStatus:
+    """Instances and bytes per tier, from the index (also without a cold tier)."""
+    rows = (
+        await conn.execute(
+            select(
+                instances.c.tier, func.count(), func.coalesce(func.sum(instances.c.size), 0)
+            ).group_by(instances.c.tier)
+        )
+    ).all()
+    usage = {tier: TierUsage(int(n), int(total)) for tier, n, total in rows}
+    return TierStatus(
+        hot=usage.get(Tier.HOT.value, TierUsage()),
+        cold=usage.get(Tier.COLD.value, TierUsage()),
+        cold_store=cold_store,
+    )
+
+
+@dataclass(frozen=True)
+class MigrationResult:
+    """What one :meth:`TierManager.migrate_study` did."""
+
+    study_uid: str
+    target: Tier
+    moved: int = 0
+    bytes: int = 0
+    already: int = 0
+    """Instances that were on the target tier before."""
+    deferred: int = 0
+    """Instances left for later (byte budget reached, concurrently changed)."""
+    failed: tuple[str, ...] = ()
+    """SOPInstanceUIDs whose copy failed verification or whose source copy is missing."""
+
+
+@dataclass(frozen=True)
+class SweepReport:
+    """What :meth:`TierManager.sweep` cleaned up."""
+
+    hot_copies_removed: list[str] = field(default_factory=list)
+    cold_copies_removed: list[str] = field(default_factory=list)
+    cold_orphans_removed: list[str] = field(default_factory=list)
+    spool_files_removed: int = 0
+
+
+@dataclass
+class _StudyLock:
+    lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+    users: int = 0
+
+
+@dataclass(frozen=True)
+class _Row:
+    id: int
+    sop_uid: str
+    blob_key: str
+    sha256: str
+    size: int
+    tier: str
+
+
+def _study_rows(study_uid: str) -> Select[Any]:
+    return (
+        select(
+            instances.c.id,
+            instances.c.sop_uid,
+            instances.c.blob_key,
+            instances.c.sha256,
+            instances.c.size,
+            instances.c.tier,
+        )
+        .select_from(
+            instances.join(series, instances.c.series_pk == series.c.id).join(
+                studies, series.c.study_pk == studies.c.id
+            )
+        )
+        .where(studies.c.study_uid == study_uid)
+        .order_by(series.c.series_uid, instances.c.instance_number, instances.c.sop_uid)
+    )
+
+
+class TierManager:
+    """Moves a study's blobs between the tiers; owns the policy, the sweep and tier reads."""
+
+    def __init__(
+        self,
+        settings: StorageSettings,
+        *,
+        read_engine: AsyncEngine,
+        write_engine: AsyncEngine,
+        hot: HotFilesystemStore,
+        cold: S3BlobStore,
+        spool_dir: Path,
+        transfer_concurrency: int = 4,
+        access_touch_interval: float = 60.0,
+    ) -> None:
+        self.settings = settings
+        self.hot = hot
+        self.cold = cold
+        self.spool_dir = spool_dir
+        self._read = read_engine
+        self._write = write_engine
+        self._default_limiter = _Semaphore(max(1, transfer_concurrency))
+        self._touch_interval = access_touch_interval
+        self._touched: dict[str, float] = {}
+        self._study_locks: dict[str, _StudyLock] = {}
+        self._background: set[asyncio.Task[Any]] = set()
+        self.cold_read_hook: Callable[[str, BlobReader], BlobReader] | None = None
+        """Called with the StudyInstanceUID and the reader whenever a cold instance is opened;
+        returns the reader to hand out (the prefetcher recalls the study in the background
+        and tracks the live read)."""
+
+    # -- status -----------------------------------------------------------------------------
+
+    async def status(self) -> TierStatus:
+        async with self._db(self._read) as conn:
+            return await tier_status(conn, str(self.cold.location))
+
+    # -- reads ------------------------------------------------------------------------------
+
+    async def open_blob(self, location: InstanceLocation) -> BlobReader:
+        """Open on the tier the plan names; if a migration moved the blob since the plan was
+        made, open it where the index says it is now. Cold reads are verified against the
+        SHA-256 recorded at ingest and ask for the study to be recalled."""
+        self.touch(location.study_uid)
+        try:
+            return await self._open_on(location.tier, location)
+        except NotFound:
+            async with self._db(self._read) as conn:
+                tier = (
+                    await conn.execute(
+                        select(instances.c.tier).where(
+                            instances.c.sop_uid == location.sop_instance_uid,
+                            instances.c.blob_key == location.blob_key,
+                        )
+                    )
+                ).scalar_one_or_none()
+            if tier is None or tier == location.tier.value:
+                raise
+            return await self._open_on(Tier(tier), location)
+
+    async def _open_on(self, tier: Tier, location: InstanceLocation) -> BlobReader:
+        if tier is Tier.HOT:
+            return await self.hot.open(location.blob_key)
+        reader: BlobReader = await self.cold.open(
+            location.blob_key, expected_sha256=location.sha256
+        )
+        if self.cold_read_hook is not None:
+            reader = self.cold_read_hook(location.study_uid, reader)
+        return reader
+
+    async def study_blobs(self, study_uid: str) -> list[tuple[str, int, Tier]]:
+        """(blob key, size, tier) of the study's instances in retrieve order."""
+        async with self._db(self._read) as conn:
+            rows = [_Row(*r) for r in (await conn.execute(_study_rows(study_uid))).all()]
+        return [(r.blob_key, r.size, Tier(r.tier)) for r in rows]
+
+    def touch(self, study_uid: str) -> None:
+        """Record an access to the study (at most once per interval, in the background)."""
+        moment = time.monotonic()
+        last = self._touched.get(study_uid)
+        if last is not None and moment - last < self._touch_interval:
+            return
+        self._touched[study_uid] = moment
+        if len(self._touched) > 10_000:
+            self._touched = {study_uid: moment}
+        self._spawn(self._touch(study_uid))
+
+    async def _touch(self, study_uid: str) -> None:
+        try:
+            async with self._db(self._write, begin=True) as conn:
+                await conn.execute(
+                    update(studies)
+                    .where(studies.c.study_uid == study_uid)
+                    .values(last_access_at=_stamp(_now()))
+                )
+        except StorageError as exc:
+            log.warning("could not record access to study %s: %s", study_uid, exc)
+
+    # -- migration --------------------------------------------------------------------------
+
+    async def migrate_study(
+        self,
+        study_uid: str,
+        to: Tier | str,
+        *,
+        max_bytes: int | None = None,
+        limiter: TransferLimiter | None = None,
+    ) -> MigrationResult:
+        """Move the study's instances to tier ``to`` (``arca tier migrate``).
+
+        Raises NotFound for an unknown study, StoreUnavailable when a tier or the index cannot
+        be reached (what was moved stays moved; run again to finish). ``max_bytes`` stops
+        after that many bytes were copied (the prefetcher's budget).
+        """
+        target = Tier(to)
+        entry = self._study_locks.get(study_uid)
+        if entry is None:
+            entry = self._study_locks[study_uid] = _StudyLock()
+        entry.users += 1
+        try:
+            # One migration of a study at a time in this process (policy, prefetch and CLI
+            # may ask at once); other nodes are kept honest by the row locks.
+            async with entry.lock:
+                return await self._migrate(study_uid, target, max_bytes, limiter)
+        finally:
+            entry.users -= 1
+            if entry.users == 0:
+                del self._study_locks[study_uid]
+
+    def is_busy(self, study_uid: str) -> bool:
+        return study_uid in self._study_locks
+
+    async def _migrate(
+        self,
+        study_uid: str,
+        target: Tier,
+        max_bytes: int | None,
+        limiter: TransferLimiter | None,
+    ) -> MigrationResult:
+        async with self._db(self._read) as conn:
+            rows = [_Row(*r) for r in (await conn.execute(_study_rows(study_uid))).all()]
+        if not rows:
+            raise NotFound(f"no study {study_uid}")
+        todo = [r for r in rows if r.tier != target.value]
+        already = len(rows) - len(todo)
+        if max_bytes is not None:
+            budgeted: list[_Row] = []
+            spent = 0
+            for row in todo:
+                if spent + row.size > max_bytes:
+                    break
+                budgeted.append(row)
+                spent += row.size
+            todo = budgeted
+        deferred = len(rows) - already - len(todo)
+        copy = self._copy_to_cold if target is Tier.COLD else self._copy_to_hot
+        gate = limiter or self._default_limiter
+        moved: list[_Row] = []
+        failed: list[str] = []
+
+        async def one(row: _Row) -> _Row | None:
+            async with gate.slot():
+                try:
+                    await copy(row)
+                except (CorruptBlob, NotFound) as exc:
+                    log.error("not migrating %s to %s: %s", row.sop_uid, target.value, exc)
+                    failed.append(row.sop_uid)
+                    return None
+            return row
+
+        for start in range(0, len(todo), _BATCH):
+            batch = todo[start : start + _BATCH]
+            copied = [r for r in await asyncio.gather(*(one(r) for r in batch)) if r is not None]
+            flipped = await self._flip(copied, target)
+            await self._delete_sources(flipped, target)
+            moved += flipped
+            deferred += len(copied) - len(flipped)
+        return MigrationResult(
+            study_uid,
+            target,
+            moved=len(moved),
+            bytes=sum(r.size for r in moved),
+            already=already,
+            deferred=deferred,
+            failed=tuple(failed),
+        )
+
+    async def _copy_to_cold(self, row: _Row) -> None:
+        await self.cold.put_file(row.blob_key, self.hot.path_of(row.blob_key))
+        # Read the copy back: only bytes that hash to the ingest SHA-256 may replace the hot
+        # copy. A bad hot copy is caught here too (then nothing moves).
+        if await self.cold.sha256(row.blob_key) != row.sha256:
+            await self.cold.delete(row.blob_key)
+            raise CorruptBlob(f"cold copy of {row.blob_key} does not match its SHA-256")
+
+    async def _copy_to_hot(self, row: _Row) -> None:
+        await asyncio.to_thread(self.spool_dir.mkdir, parents=True, exist_ok=True)
+        spooled = await self.cold.download(
+            row.blob_key, self._spool_path(row), expected_sha256=row.sha256
+        )
+        # put_file fsyncs and renames into place, then removes the spooled file.
+        await self.hot.put_file(row.blob_key, spooled)
+
+    def _spool_path(self, row: _Row) -> Path:
+        return self.spool_dir / f"arca-cold-{row.id}-{os.urandom(6).hex()}.part"
+
+    async def _copy_exists(self, tier: Tier, key: str) -> bool:
+        return await (self.cold if tier is Tier.COLD else self.hot).exists(key)
+
+    async def _flip(self, rows: Sequence[_Row], target: Tier) -> list[_Row]:
+        """Point the rows at ``target`` where they still name the source copy we copied and
+        the target copy is present; returns the rows flipped. One transaction."""
+        if not rows:
+            return []
+        by_id = {r.id: r for r in rows}
+        flipped: list[_Row] = []
+        async with self._db(self._write, begin=True) as conn:
+            current = await self._lock_rows(conn, list(by_id))
+            for row_id, tier, key in current:
+                row = by_id[row_id]
+                if tier == target.value or key != row.blob_key:
+                    continue  # changed under us (replaced, or moved by someone else)
+                if not await self._copy_exists(target, key):
+                    continue  # a sweep removed the copy meanwhile; the next run copies again
+                await conn.execute(
+                    update(instances).where(instances.c.id == row_id).values(tier=target.value)
+                )
+                flipped.append(row)
+        return flipped
+
+    async def _delete_sources(self, rows: Sequence[_Row], target: Tier) -> None:
+        """Delete the source copies of rows that (still) name ``target``, under row locks."""
+        if not rows:
+            return
+        source = Tier.HOT if target is Tier.COLD else Tier.COLD
+        by_id = {r.id: r for r in rows}
+        async with self._db(self._write, begin=True) as conn:
+            for row_id, tier, key in await self._lock_rows(conn, list(by_id)):
+                if tier == target.value and key == by_id[row_id].blob_key:
+                    await self._delete_copy(source, key)
+
+    async def _delete_copy(self, tier: Tier, key: str) -> None:
+        await (self.cold if tier is Tier.COLD else self.hot).delete(key)
+
+    @staticmethod
+    async def _lock_rows(conn: AsyncConnection, ids: list[int]) -> list[tuple[int, str, str]]:
+        rows = (
+            await conn.execute(
+                select(instances.c.id, instances.c.tier, instances.c.blob_key)
+                .where(instances.c.id.in_(ids))
+                .order_by(instances.c.id)
+                .with_for_update()
+            )
+        ).all()
+        return [(int(i), str(t), str(k)) for i, t, k in rows]
+
+    # -- policy -----------------------------------------------------------------------------
+
+    async def policy_candidates(self, now: datetime | None = None) -> list[str]:
+        """Studies the policy would move cold now, in the order it would move them."""
+        moment = now or _now()
+        cutoff = _stamp(moment - timedelta(days=self.settings.migrate_after_days))
+        hot_bytes = func.sum(instances.c.size).label("hot_bytes")
+        query = (
+            select(studies.c.study_uid, studies.c.last_access_at, hot_bytes)
+            .select_from(
+                studies.join(series, series.c.study_pk == studies.c.id).join(
+                    instances, instances.c.series_pk == series.c.id
+                )
+            )
+            .where(instances.c.tier == Tier.HOT.value)
+            .group_by(studies.c.id, studies.c.study_uid, studies.c.last_access_at)
+            .order_by(studies.c.last_access_at.is_not(None), studies.c.last_access_at)
+        )
+        async with self._db(self._read) as conn:
+            lru = (await conn.execute(query)).all()
+        chosen = [uid for uid, accessed, _ in lru if accessed is None or accessed < cutoff]
+        high = self.settings.hot_high_watermark_bytes
+        if high is not None:
+            total = sum(int(b) for _, _, b in lru)
+            if total > high:
+                goal = int(high * _LOW_WATERMARK)
+                total -= sum(int(b) for uid, _, b in lru if uid in set(chosen))
+                for uid, _, size in lru:
+                    if total <= goal:
+                        break
+                    if uid not in chosen:
+                        chosen.append(uid)
+                        total -= int(size)
+        return [uid for uid in chosen if not self.is_busy(uid)]
+
+    async def run_policy(self, now: datetime | None = None) -> list[MigrationResult]:
+        """One round of the placement policy. StoreUnavailable stops the round (and
+        propagates); what moved stays moved and the next round carries on."""
+        results: list[MigrationResult] = []
+        for study_uid in await self.policy_candidates(now):
+            try:
+                results.append(await self.migrate_study(study_uid, Tier.COLD))
+            except NotFound:
+                continue  # deleted meanwhile
+        return results
+
+    # -- crash recovery ---------------------------------------------------------------------
+
+    async def sweep(self, grace_seconds: float = 900.0) -> SweepReport:
+        """Remove copies the index does not name (left by a crash mid-migration).
+
+        Only copies older than ``grace_seconds`` are touched, so a migration running now on
+        another node keeps its fresh copies (deleting them would be safe, just wasteful).
+        """
+        report = SweepReport()
+        horizon = time.time() - grace_seconds
+        async with self._db(self._read) as conn:
+            rows = (
+                await conn.execute(select(instances.c.id, instances.c.blob_key, instances.c.tier))
+            ).all()
+        tier_of = {str(key): (int(i), str(t)) for i, key, t in rows}
+
+        stale_cold = [
+            (key, tier_of.get(key))
+            for key, _size, mtime in await self.cold.list_objects()
+            if mtime <= horizon
+        ]
+        for key, entry in stale_cold:
+            if entry is None:
+                await self.cold.delete(key)
+                report.cold_orphans_removed.append(key)
+            elif entry[1] == Tier.HOT.value and await self._delete_if_row_is(
+                entry[0], key, Tier.HOT, Tier.COLD
+            ):
+                report.cold_copies_removed.append(key)
+
+        for key, (row_id, tier) in tier_of.items():
+            if tier != Tier.COLD.value:
+                continue
+            mtime = await asyncio.to_thread(_mtime, self.hot.path_of(key))
+            if (
+                mtime is not None
+                and mtime <= horizon
+                and await self._delete_if_row_is(row_id, key, Tier.COLD, Tier.HOT)
+            ):
+                report.hot_copies_removed.append(key)
+
+        removed = await asyncio.to_thread(_clean_spool, self.spool_dir, horizon)
+        if report.hot_copies_removed or report.cold_copies_removed or removed:
+            log.info(
+                "tier sweep removed %d hot and %d cold leftover copies, %d cold orphans",
+                len(report.hot_copies_removed),
+                len(report.cold_copies_removed),
+                len(report.cold_orphans_removed),
+            )
+        return SweepReport(
+            report.hot_copies_removed,
+            report.cold_copies_removed,
+            report.cold_orphans_removed,
+            removed,
+        )
+
+    async def _delete_if_row_is(self, row_id: int, key: str, named: Tier, copy: Tier) -> bool:
+        async with self._db(self._write, begin=True) as conn:
+            locked = await self._lock_rows(conn, [row_id])
+            if not locked or locked[0][1] != named.value or locked[0][2] != key:
+                return False
+            if not await self._copy_exists(named, key):
+                # The named copy is gone: keep the other one (verify reports the row).
+                return False
+            await self._delete_copy(copy, key)
+            return True
+
+    # -- plumbing ---------------------------------------------------------------------------
+
+    def _spawn(self, coro: Any) -> None:
+        task = asyncio.get_running_loop().create_task(coro)
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+
+    async def close(self) -> None:
+        for task in list(self._background):
+            task.cancel()
+        for task in list(self._background):
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+
+    @contextlib.asynccontextmanager
+    async def _db(self, engine: AsyncEngine, *, begin: bool = False) -> AsyncIterator[Any]:
+        try:
+            if begin:
+                async with engine.begin() as conn:
+                    yield conn
+            else:
+                async with engine.connect() as conn:
+                    yield conn
+        except StorageError:
+            raise
+        except (DBAPIError, SQLAlchemyError, OSError) as exc:
+            raise StoreUnavailable(f"index unavailable: {exc}") from exc
+
+
+def _mtime(path: Path) -> float | None:
+    try:
+        return path.stat().st_mtime
+    except FileNotFoundError:
+        return None
+
+
+def _clean_spool(spool: Path, horizon: float) -> int:
+    removed = 0
+    if not spool.is_dir():
+        return 0
+    for entry in spool.glob("arca-cold-*.part"):
+        with contextlib.suppress(FileNotFoundError):
+            if entry.stat().st_mtime <= horizon:
+                entry.unlink()
+                removed += 1
+    return removed
+
+
+class TierPolicyTask:
+    """Runs the sweep once, then the placement policy every ``interval_seconds``.
+
+    ``start()`` from the server's start-up, ``await stop()`` at shutdown. A cold store that
+    cannot be reached pauses the round; the next round resumes.
+    """
+
+    def __init__(
+        self,
+        tiers: TierManager,
+        *,
+        interval_seconds: float = 300.0,
+        sweep_grace_seconds: float = 900.0,
+    ) -> None:
+        self.tiers = tiers
+        self.interval = interval_seconds
+        self.sweep_grace = sweep_grace_seconds
+        self.rounds = 0
+        self.last_error: str | None = None
+        self._task: asyncio.Task[None] | None = None
+        self._stop = asyncio.Event()
+
+    def start(self) -> None:
+        if self._task is None:
+            self._stop.clear()
+            self._task = asyncio.get_running_loop().create_task(self._run(), name="arca-tiering")
+
+    async def stop(self) -> None:
+        task, self._task = self._task, None
+        if task is None:
+            return
+        self._stop.set()
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+
+    async def _run(self) -> None:
+        swept = False
+        while not self._stop.is_set():
+            try:
+                if not swept:
+                    await self.tiers.sweep(self.sweep_grace)
+                    swept = True
+                await self.tiers.run_policy()
+                self.last_error = None
+            except StoreUnavailable as exc:
+                self.last_error = str(exc)
+                log.warning("tier migration paused: %s", exc)
+            except Exception as exc:  # keep the task alive; the next round retries
+                self.last_error = str(exc)
+                log.exception("tier policy round failed")
+            self.rounds += 1
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._stop.wait(), self.interval)
