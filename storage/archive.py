@@ -24,13 +24,16 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from config.settings import OverwritePolicy, StorageSettings
 from conformance.statuses import StowFailure
 from storage.blobs import BlobReader, BlobStore
+from storage.cold import S3BlobStore
 from storage.errors import DuplicateInstance, NotFound, StorageError, StoreUnavailable
 from storage.hot import HotFilesystemStore
 from storage.index import engine, repository
 from storage.ingest import Analysis, analyze, remove_quietly
 from storage.metadata import resolve_bulkdata
 from storage.model import IngestOutcome, IngestStatus, InstanceLocation, Tier
+from storage.prefetch import Prefetcher
 from storage.query import Query, QueryResult
+from storage.tiering import MigrationResult, TierManager, TierPolicyTask, TierStatus, tier_status
 
 BULKDATA_BASE = "arca-base:"
 """Prefix of every BulkDataURI in precomputed metadata. The HTTP layer replaces
@@ -120,14 +123,44 @@ class Archive:
         write_engine: AsyncEngine,
         hot: BlobStore,
         bulkdata_threshold: int,
+        cold: S3BlobStore | None = None,
     ) -> None:
         self.settings = settings
         self.hot = hot
         self.bulkdata_threshold = bulkdata_threshold
         self._read = read_engine
         self._write = write_engine
+        # The cold tier and its policies (storage.tiering, storage.prefetch); None = hot only.
+        self.cold = cold
+        self.tiers: TierManager | None = None
+        self.prefetcher: Prefetcher | None = None
+        self._tier_task: TierPolicyTask | None = None
+        if cold is not None:
+            if not isinstance(hot, HotFilesystemStore):
+                raise TypeError("the cold tier needs the filesystem hot tier")
+            self.tiers = TierManager(
+                settings,
+                read_engine=read_engine,
+                write_engine=write_engine,
+                hot=hot,
+                cold=cold,
+                spool_dir=settings.data_dir / "spool",
+            )
+            self.prefetcher = Prefetcher(
+                self.tiers,
+                max_concurrency=settings.prefetch_max_concurrency,
+                max_bytes=settings.prefetch_max_bytes,
+            )
+            self.tiers.cold_read_hook = self.prefetcher.on_cold_read
 
     async def close(self) -> None:
+        await self.stop_tiering()
+        if self.prefetcher is not None:
+            await self.prefetcher.close()
+        if self.tiers is not None:
+            await self.tiers.close()
+        if self.cold is not None:
+            await self.cold.close()
         await self._write.dispose()
         if self._read is not self._write:
             await self._read.dispose()
@@ -224,6 +257,8 @@ class Archive:
     def _store_for(self, tier: str) -> BlobStore:
         if tier == Tier.HOT.value:
             return self.hot
+        if tier == Tier.COLD.value and self.cold is not None:
+            return self.cold
         raise StoreUnavailable(f"no {tier} tier is configured")
 
     # -- query and retrieve ---------------------------------------------------------------
@@ -236,15 +271,29 @@ class Archive:
         self, study_uid: str, series_uid: str | None = None, sop_instance_uid: str | None = None
     ) -> list[InstanceLocation]:
         async with self._db(self._read) as conn:
-            return await repository.locate(conn, study_uid, series_uid, sop_instance_uid)
+            found = await repository.locate(conn, study_uid, series_uid, sop_instance_uid)
+        if self.prefetcher is not None and series_uid is not None and sop_instance_uid is None:
+            # A series retrieve (a viewer's first series): bring the rest of the study hot.
+            self.prefetcher.request(study_uid)
+        return found
 
     async def instance_metadata(
         self, study_uid: str, series_uid: str | None = None, sop_instance_uid: str | None = None
     ) -> list[bytes]:
         async with self._db(self._read) as conn:
-            return await repository.instance_metadata(conn, study_uid, series_uid, sop_instance_uid)
+            found = await repository.instance_metadata(
+                conn, study_uid, series_uid, sop_instance_uid
+            )
+        if self.prefetcher is not None:
+            # A viewer opening a study asks for its metadata first: prefetch it.
+            self.prefetcher.request(study_uid)
+        return found
 
     async def open_blob(self, location: InstanceLocation) -> BlobReader:
+        if self.tiers is not None:
+            # Follows a migration that moved the blob since locate(); verifies cold reads
+            # against the ingest SHA-256 and recalls the study in the background.
+            return await self.tiers.open_blob(location)
         return await self._store_for(location.tier.value).open(location.blob_key)
 
     async def read_bulkdata(self, location: InstanceLocation, path: str) -> bytes:
@@ -292,6 +341,34 @@ class Archive:
             if key not in known:
                 orphans.append(key)
         return VerifyReport(len(inventory), missing, corrupt, orphans)
+
+    # -- tiers (storage.tiering) --------------------------------------------------------
+
+    async def tier_status(self) -> TierStatus:
+        """``arca tier status``: instances and bytes per tier."""
+        if self.tiers is not None:
+            return await self.tiers.status()
+        async with self._db(self._read) as conn:
+            return await tier_status(conn, None)
+
+    async def migrate_study(self, study_uid: str, to: Tier | str) -> MigrationResult:
+        """``arca tier migrate --study UID --to cold|hot``. Raises NotFound, StoreUnavailable
+        (also when no cold tier is configured)."""
+        if self.tiers is None:
+            raise StoreUnavailable("no cold tier is configured (storage.cold_store)")
+        return await self.tiers.migrate_study(study_uid, to)
+
+    def start_tiering(self, interval_seconds: float = 300.0) -> None:
+        """Start the background placement policy (sweep once, then every interval); a no-op
+        without a cold tier. The server calls this at start-up; close() stops it."""
+        if self.tiers is not None and self._tier_task is None:
+            self._tier_task = TierPolicyTask(self.tiers, interval_seconds=interval_seconds)
+            self._tier_task.start()
+
+    async def stop_tiering(self) -> None:
+        task, self._tier_task = self._tier_task, None
+        if task is not None:
+            await task.stop()
 
     # -- plumbing -------------------------------------------------------------------------
 
@@ -343,12 +420,25 @@ async def open_archive(settings: StorageSettings, *, bulkdata_threshold: int = 1
             await read_engine.dispose()
         raise StoreUnavailable(f"index unavailable: {exc}") from exc
     hot = HotFilesystemStore(settings.data_dir / "hot")
+    cold = None
+    if settings.cold_store:
+        # A wrong bucket, endpoint or credentials fail here, at start-up, with a clear message.
+        cold = S3BlobStore.from_settings(settings, spool_dir=settings.data_dir / "spool")
+        try:
+            await cold.check()
+        except StorageError:
+            await cold.close()
+            await write_engine.dispose()
+            if read_engine is not write_engine:
+                await read_engine.dispose()
+            raise
     return Archive(
         settings,
         read_engine=read_engine,
         write_engine=write_engine,
         hot=hot,
         bulkdata_threshold=bulkdata_threshold,
+        cold=cold,
     )
 
 
