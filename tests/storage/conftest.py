@@ -7,6 +7,7 @@ PostgreSQL runs on 127.0.0.1:5432 (trust auth). Each test module gets its own da
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -20,7 +21,7 @@ from storage.archive import Archive, open_archive
 PG_ADMIN_DSN = "postgresql://postgres@127.0.0.1:5432/postgres"
 
 
-async def _pg_admin(sql: str) -> None:
+async def _pg_admin_async(sql: str) -> None:
     conn = await asyncpg.connect(PG_ADMIN_DSN)
     try:
         await conn.execute(sql)
@@ -28,18 +29,24 @@ async def _pg_admin(sql: str) -> None:
         await conn.close()
 
 
+def _pg_admin(sql: str) -> None:
+    # In a thread of its own: the fixture may be requested from inside a running loop.
+    with concurrent.futures.ThreadPoolExecutor(1) as pool:
+        pool.submit(asyncio.run, _pg_admin_async(sql)).result()
+
+
 @pytest.fixture(scope="module")
 def pg_database() -> Iterator[str]:
     """A fresh PostgreSQL database for one test module; yields its URL."""
     name = f"arca_test_{uuid.uuid4().hex}"
     try:
-        asyncio.run(_pg_admin(f'CREATE DATABASE "{name}"'))
+        _pg_admin(f'CREATE DATABASE "{name}"')
     except (OSError, asyncpg.PostgresError) as exc:
         pytest.skip(f"PostgreSQL on 127.0.0.1:5432 not available: {exc}")
     try:
         yield f"postgresql://postgres@127.0.0.1:5432/{name}"
     finally:
-        asyncio.run(_pg_admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        _pg_admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
 async def _truncate_pg(url: str) -> None:
