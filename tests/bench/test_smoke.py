@@ -1,0 +1,116 @@
+"""The benchmark harness in a tiny mode: real servers, real clients, every output written.
+
+``python -m bench.run`` with 5 instances and one repetition against arca (and Orthanc when
+Debian's package is installed; the test never installs it), plus the multipart part counter
+the throughput figures rely on, checked against a body whose delimiters straddle reads.
+"""
+
+from __future__ import annotations
+
+import http.server
+import json
+import shutil
+import subprocess
+import sys
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from bench import client
+from tests.conftest import ROOT
+
+HTTP_FIGURES = ("stow", "wado_native", "wado_j2k_cold", "frames6", "study_metadata", "qido")
+
+
+def test_harness_tiny_run_measures_every_http_figure(tmp_path: Path) -> None:
+    servers = "arca,orthanc" if shutil.which("Orthanc") else "arca"
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "bench.run",
+            "--quick",
+            "--instances",
+            "5",
+            "--repeat",
+            "1",
+            "--metadata-instances",
+            "10",
+            "--servers",
+            servers,
+            "--only",
+            "stow,cstore,wado,frames,metadata,qido,cmove,stream",
+            "--out",
+            str(tmp_path / "results"),
+            "--work",
+            str(tmp_path / "work"),
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    latest = tmp_path / "results" / "latest"
+    result = json.loads((latest / "results.json").read_text())
+    figures = result["figures"]
+    for key in HTTP_FIGURES:
+        arca = figures[key]["servers"]["arca"]
+        assert arca["errors"] == [], f"{key}: {arca['errors']}"
+        assert arca["median"] is not None and arca["median"] > 0, key
+    if "orthanc" in servers:
+        assert figures["wado_native"]["servers"]["orthanc"]["median"] > 0
+        assert figures["wado_native"]["ratio_arca_over_orthanc"] is not None
+    # The streaming figure retrieved the whole study (4 series x 5 + 1 series x 5 instances).
+    stream = figures["stream_rss"]["servers"]["arca"]["samples"][0]["extra"]
+    assert stream["images_per_s"] > 0
+    table = (latest / "results.md").read_text()
+    assert "| figure | unit | arca |" in table
+    assert "WADO-RS series, stored syntax" in table
+    assert "MET" in table or "MISSED" in table
+    assert (latest / "images_per_s.png").stat().st_size > 1000
+    assert not (tmp_path / "work" / f"run-{result['meta']['started']}").exists()
+
+
+class _Multipart(http.server.BaseHTTPRequestHandler):
+    body = b""
+
+    def do_GET(self) -> None:
+        self.send_response(200)
+        self.send_header(
+            "Content-Type", 'multipart/related; type="application/dicom"; boundary=XyZ'
+        )
+        self.send_header("Content-Length", str(len(self.body)))
+        self.end_headers()
+        self.wfile.write(self.body)
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+
+@pytest.fixture
+def multipart_server() -> Iterator[str]:
+    parts = [bytes([65 + i]) * (3 + 5 * i) for i in range(7)]
+    body = b"".join(
+        b"--XyZ\r\nContent-Type: application/dicom\r\n\r\n" + p + b"\r\n" for p in parts
+    )
+    _Multipart.body = body + b"--XyZ--\r\n"
+    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Multipart)
+    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{httpd.server_address[1]}/x"
+    httpd.shutdown()
+    httpd.server_close()
+
+
+@pytest.mark.parametrize("buffer", [1, 2, 3, 4, 7, 64, 1 << 20])
+def test_part_counter_finds_delimiters_split_across_reads(
+    multipart_server: str, buffer: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(client, "BUFFER", buffer)
+    t = client.get(multipart_server, client.STORED)
+    assert t.parts == 7
+    assert t.nbytes == len(_Multipart.body)
