@@ -30,3 +30,9 @@ lock:
 
 clean:
 	rm -rf $(VENV) build *.egg-info
+
+# Benchmark against Orthanc: `make bench BENCH_ARGS="--quick"` (README, "Benchmark").
+.PHONY: bench
+bench: $(STAMP)
+	$(BIN)/python -m pip install -q -e '.[bench]'
+	$(BIN)/python -m bench.run $(BENCH_ARGS)
