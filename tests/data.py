@@ -36,9 +36,19 @@ testdata.__test__ = False  # type: ignore[attr-defined]
 
 
 @functools.cache
-def _ct_source() -> tuple[FileDataset, np.ndarray]:
-    ds = pydicom.dcmread(testdata(CT_SOURCE))
-    return ds, ds.pixel_array
+def _file_bytes(name: str) -> bytes:
+    return testdata(name).read_bytes()
+
+
+def _fresh(name: str) -> FileDataset:
+    """A private, mutable copy of a test file. Parsing cached bytes is much faster than
+    copy.deepcopy, and Dataset.copy() is shallow (it would change a shared source)."""
+    return pydicom.dcmread(io.BytesIO(_file_bytes(name)))
+
+
+@functools.cache
+def _ct_pixels() -> np.ndarray:
+    return _fresh(CT_SOURCE).pixel_array
 
 
 @dataclass(frozen=True)
@@ -67,8 +77,8 @@ def ct_dataset(
     series_number: int = 1,
 ) -> Dataset:
     """Slice ``index`` (0-based) of a synthetic series built from the real CT slice."""
-    src, pixels = _ct_source()
-    ds = src.copy()
+    pixels = _ct_pixels()
+    ds = _fresh(CT_SOURCE)
     ds.StudyInstanceUID = study_uid
     ds.SeriesInstanceUID = series_uid
     ds.SOPInstanceUID = generate_uid()
@@ -153,7 +163,7 @@ def small_ct(
 
     Cheap to make in a loop (load and concurrency tests) where the 512x512 slice would spend
     the test's CPU on building data instead of driving the server."""
-    ds = _small_source().copy()
+    ds = _fresh("CT_small.dcm")
     ds.StudyInstanceUID = study_uid or generate_uid()
     ds.SeriesInstanceUID = series_uid or generate_uid()
     ds.SOPInstanceUID = generate_uid()
@@ -163,11 +173,6 @@ def small_ct(
     out = io.BytesIO()
     ds.save_as(out, enforce_file_format=True)
     return out.getvalue()
-
-
-@functools.cache
-def _small_source() -> FileDataset:
-    return pydicom.dcmread(testdata("CT_small.dcm"))
 
 
 def uids_of(data: bytes) -> tuple[str, str, str]:

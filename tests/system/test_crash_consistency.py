@@ -83,13 +83,16 @@ def test_sigkill_during_stow_leaves_every_instance_whole_or_absent(
     stop_slow = threading.Event()
 
     def post_slowly() -> None:
-        # Uploads one part every 0.2 s: the kill lands while this body is still arriving.
+        # One part every 0.1 s, then the body stays open (no closing delimiter) until the
+        # kill: the server is killed while this request is still arriving.
         def body() -> Iterator[bytes]:
-            for chunk in streamed_parts(p.read_bytes() for p in slow.paths):
+            *parts, _closing = streamed_parts(p.read_bytes() for p in slow.paths)
+            for chunk in parts:
                 if stop_slow.is_set():
                     return
                 yield chunk
-                time.sleep(0.2)
+                time.sleep(0.1)
+            stop_slow.wait(600)
 
         with httpx.Client(timeout=600) as client, contextlib.suppress(httpx.HTTPError):
             client.post(
@@ -155,7 +158,8 @@ def test_sigkill_during_stow_leaves_every_instance_whole_or_absent(
         assert len(found_large) >= visible, "instances visible before the kill were lost"
 
         slow_sources = _sources(slow)
-        # The slow upload never completed: STOW spools the whole body before ingesting.
+        # The slow upload never completed: a STOW request that did not arrive whole stores
+        # nothing (the body is spooled before ingest).
         assert (
             _assert_whole_or_absent(client, arca, slow.study_uid, slow.series_uid, slow_sources)
             == set()
@@ -173,3 +177,8 @@ def test_sigkill_during_stow_leaves_every_instance_whole_or_absent(
     # Orphan blobs (a blob written, its index commit killed) may be reported, never counted.
     expected = len(found_large) + singles_found
     assert f"{expected} instances checked" in result.stdout, result.stdout
+    print(
+        f"kill at {visible}/{N_LARGE} visible; after restart {len(found_large)} whole, "
+        f"{N_LARGE - len(found_large)} absent; singles {len(acknowledged)} acknowledged, "
+        f"{singles_found}/{len(attempted)} present; verify: {result.stdout.splitlines()[-1]}"
+    )
