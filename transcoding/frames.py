@@ -9,9 +9,11 @@ from transcoding.encode import encode_frame
 from transcoding.errors import CorruptPixelData
 from transcoding.pixels import (
     check_frame_numbers,
+    check_native_length,
     image_info,
     iter_frames,
     native_frame_bytes,
+    native_frame_length,
     number_of_frames,
     source_syntax,
 )
@@ -42,16 +44,10 @@ def _raw_slices_ok(ds: Dataset) -> bool:
     return is_native(ts) and ts != uid.ExplicitVRBigEndian and int(ds.BitsAllocated) % 8 == 0
 
 
-def _native_frame_length(ds: Dataset) -> int:
-    info = image_info(ds)
-    if info.photometric_interpretation == "YBR_FULL_422":
-        # PS3.3 C.7.6.3.1.2: two luminance samples share one Cb and one Cr.
-        return info.rows * info.columns * 2 * (info.bits_allocated // 8)
-    return info.rows * info.columns * info.samples_per_pixel * (info.bits_allocated // 8)
-
-
 def _native_slices(ds: Dataset, frame_numbers: list[int]) -> list[bytes]:
-    length = _native_frame_length(ds)
+    info = image_info(ds)
+    length = native_frame_length(info)
+    check_native_length(ds, info, number_of_frames(ds))
     data = ds.PixelData
     needed = length * number_of_frames(ds)
     if len(data) < needed:

@@ -22,7 +22,7 @@ from pydicom.pixels.utils import pack_bits
 
 from conformance.transfer_syntaxes import TRANSFER_SYNTAXES
 from transcoding.encode import encode_frame
-from transcoding.errors import NoCodec
+from transcoding.errors import CorruptPixelData, NoCodec
 from transcoding.frame_info import FrameInfo
 from transcoding.pixels import iter_frames, source_syntax
 from transcoding.registry import can_encode, encoder_for, is_native_target
@@ -40,6 +40,8 @@ def transcode_instance(ds: Dataset, target: str) -> bytes:
     if target not in TRANSFER_SYNTAXES or not can_encode(target):
         encoder_for(target)  # raises NoCodec with the reason
     if "PixelData" not in ds:
+        if "Rows" in ds and not any(k in ds for k in ("FloatPixelData", "DoubleFloatPixelData")):
+            raise CorruptPixelData("the Image Pixel Module is present but Pixel Data is missing")
         if not is_native_target(target) and any(
             k in ds for k in ("FloatPixelData", "DoubleFloatPixelData")
         ):

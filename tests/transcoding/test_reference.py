@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 from pydicom import uid
 
-from tests.transcoding.samples import dciodvfy_errors, read, sample_file
 from tests.transcoding.reference import CASES, LOSSY_METHOD, LOSSY_TARGETS, MIN_PSNR, NO_CODEC, Case
+from tests.transcoding.samples import dciodvfy_errors, read, sample_file
 from transcoding.errors import NoCodec
 from transcoding.pool import Transcoder
 
@@ -85,7 +85,10 @@ async def test_reference_transcode(case: Case, transcoder: Transcoder, tmp_path:
             assert int(diff.max()) <= 2  # NEAR = 2
     else:
         np.testing.assert_array_equal(actual, expected)
-        if source_ds.get("LossyImageCompression") != "01" and case.source != "SC_rgb_jpeg_dcmtk.dcm":
+        if (
+            source_ds.get("LossyImageCompression") != "01"
+            and case.source != "SC_rgb_jpeg_dcmtk.dcm"
+        ):
             assert ds.get("LossyImageCompression") in (None, "00")
 
     # dicom3tools: the transcoded object adds no Error the source did not already have.
