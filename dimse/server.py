@@ -91,6 +91,11 @@ class DimseServer:
         host, port = self._server.server_address[:2]
         return str(host), int(port)
 
+    @property
+    def active_associations(self) -> int:
+        """Associations currently open with peers (for health checks and tests)."""
+        return 0 if self._server is None else len(self._server.active_associations)
+
     def start(self) -> None:
         dimse = self._settings.dimse
         ae = AE(ae_title=dimse.ae_title)

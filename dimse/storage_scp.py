@@ -24,6 +24,7 @@ import contextlib
 import errno
 import logging
 import os
+import re
 import tempfile
 from pathlib import Path
 
@@ -44,6 +45,8 @@ from storage.archive import ArchiveService
 from storage.errors import IngestRejected, OutOfResources
 
 log = logging.getLogger("arca.dimse")
+
+_UID = re.compile(r"[0-9]+(\.[0-9]+)*")
 
 
 class StorageSCP:
@@ -93,7 +96,9 @@ class StorageSCP:
             raise IngestRejected(
                 StowFailure.CANNOT_UNDERSTAND, f"data set does not parse: {exc}"
             ) from exc
-        if in_dataset and in_dataset != affected:
+        # A value that is not even a UID means the data set is damaged: ingest decides that
+        # (0xC000), not this check.
+        if _UID.fullmatch(in_dataset) and in_dataset != affected:
             # PS3.4 B.2.3: the data set's SOP Class UID must be the one the command names.
             raise IngestRejected(
                 StowFailure.DATASET_DOES_NOT_MATCH_SOP_CLASS,
