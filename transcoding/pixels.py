@@ -201,6 +201,11 @@ def check_encapsulated_frame_count(ds: Dataset, count: int) -> None:
         raise
     except Exception as exc:
         raise CorruptPixelData(f"encapsulated Pixel Data is malformed: {exc}") from None
+    if len(fragments) < count:
+        # PS3.5 A.4: every frame is at least one fragment
+        raise CorruptPixelData(
+            f"Pixel Data holds {len(fragments)} fragments, too few for {count} frames"
+        )
     if len(fragments) > count and all(_ends_codestream(f) for f in fragments):
         # Each fragment is a complete JPEG / JPEG 2000 codestream (ends with EOI/EOC).
         raise CorruptPixelData(
