@@ -93,7 +93,8 @@ def expected_native_pixel_length(ds: Dataset) -> int | None:
     """Bytes native Pixel Data must hold (PS3.5 §8.1.1), or None when unknown.
 
     Rows × Columns × SamplesPerPixel × BitsAllocated / 8 × NumberOfFrames, rounded up to
-    whole bytes (BitsAllocated 1 packs bits across frames).
+    whole bytes (BitsAllocated 1 packs bits across frames); two thirds of that for
+    YBR_FULL_422 (chroma subsampled). Only meaningful for native (uncompressed) syntaxes.
     """
     try:
         rows = int(ds[0x0028_0010].value)
@@ -105,4 +106,9 @@ def expected_native_pixel_length(ds: Dataset) -> int | None:
     except (KeyError, TypeError, ValueError):
         return None
     total_bits = rows * columns * samples * bits * max(frames, 1)
+    photometric = ds.get(0x0028_0004)
+    if photometric is not None and str(photometric.value).strip() == "YBR_FULL_422":
+        # Native YBR_FULL_422 stores two chroma samples per two pixels (PS3.3 C.7.6.3.1.2):
+        # 2 samples per pixel on average instead of 3.
+        total_bits = total_bits * 2 // 3
     return (total_bits + 7) // 8

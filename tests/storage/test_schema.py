@@ -1,0 +1,134 @@
+"""The migrations build exactly the schema storage.index.schema describes; generated tables
+are what their generator makes; the index survives several processes writing at once."""
+
+from __future__ import annotations
+
+import asyncio
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from alembic.autogenerate import compare_metadata
+from alembic.migration import MigrationContext
+from pydicom.uid import generate_uid
+from sqlalchemy import text
+
+from config.settings import StorageSettings
+from conformance import generate_sop_classes, sop_classes
+from storage.archive import open_archive, upgrade_index
+from storage.index import engine
+from storage.index.schema import metadata
+from storage.query import Query, QueryLevel
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+async def test_migrations_match_schema(storage_settings: StorageSettings) -> None:
+    await upgrade_index(storage_settings)
+    await upgrade_index(storage_settings)  # idempotent
+    eng = engine.create_engine(storage_settings.resolved_index_url)
+    try:
+        async with eng.connect() as conn:
+
+            def diff(sync_conn):  # type: ignore[no-untyped-def]
+                return compare_metadata(MigrationContext.configure(sync_conn), metadata)
+
+            assert await conn.run_sync(diff) == []
+            version = (await conn.execute(text("SELECT version_num FROM alembic_version"))).all()
+            assert len(version) == 1
+    finally:
+        await eng.dispose()
+
+
+async def test_sqlite_index_uses_wal(tmp_path: Path) -> None:
+    settings = StorageSettings(data_dir=tmp_path)
+    archive = await open_archive(settings)
+    await archive.close()
+    assert (tmp_path / "index.sqlite").exists()
+    eng = engine.create_engine(settings.resolved_index_url)
+    try:
+        async with eng.connect() as conn:
+            assert (await conn.execute(text("PRAGMA journal_mode"))).scalar() == "wal"
+            assert (await conn.execute(text("PRAGMA busy_timeout"))).scalar() == 30000
+    finally:
+        await eng.dispose()
+
+
+def test_sop_class_table_is_generated() -> None:
+    path = Path(sop_classes.__file__)
+    assert path.read_text(encoding="utf-8") == generate_sop_classes.render()
+    assert "GENERATED" in path.read_text(encoding="utf-8")[:400]
+    assert sop_classes.is_storage_sop_class("1.2.840.10008.5.1.4.1.1.2")  # CT Image Storage
+    assert not sop_classes.is_storage_sop_class("1.2.840.10008.1.20.1")  # Storage Commitment
+    assert not sop_classes.is_storage_sop_class("1.2.840.10008.1.3.10")  # DICOMDIR
+
+
+_WRITER = """
+import asyncio, sys
+from pathlib import Path
+sys.path.insert(0, {root!r})
+from config.settings import StorageSettings
+from storage.archive import open_archive
+from tests.storage.factory import make_dataset, write
+
+async def main():
+    settings = StorageSettings(data_dir=Path({data!r}), index_url={url!r})
+    archive = await open_archive(settings)
+    try:
+        for i in range(6):
+            ds = make_dataset(study={study!r}, series={series!r}, patient_id="MP", instance_number=i)
+            await archive.ingest(write(ds, Path({incoming!r})))
+    finally:
+        await archive.close()
+
+asyncio.run(main())
+"""
+
+
+async def test_several_processes_ingest_one_new_study(
+    storage_settings: StorageSettings, tmp_path: Path
+) -> None:
+    """Three processes start at once (migrating the same fresh index) and store instances of
+    one new study: one patient, one study and one series row result."""
+    study, series = generate_uid(), generate_uid()
+    procs = []
+    for n in range(3):
+        script = _WRITER.format(
+            root=str(ROOT),
+            data=str(storage_settings.data_dir),
+            url=storage_settings.index_url,
+            study=study,
+            series=series,
+            incoming=str(tmp_path / f"in{n}"),
+        )
+        procs.append(
+            await asyncio.create_subprocess_exec(
+                sys.executable, "-c", script, stderr=subprocess.PIPE
+            )
+        )
+    for proc in procs:
+        _, err = await proc.communicate()
+        assert proc.returncode == 0, err.decode()[-2000:]
+    archive = await open_archive(storage_settings)
+    try:
+        studies = (await archive.search(Query(QueryLevel.STUDY))).matches
+        assert [ds.StudyInstanceUID for ds in studies] == [study]
+        assert studies[0].NumberOfStudyRelatedSeries == 1
+        assert studies[0].NumberOfStudyRelatedInstances == 18
+        assert len((await archive.search(Query(QueryLevel.PATIENT))).matches) == 1
+        report = await archive.verify()
+        assert report.ok and report.orphans == []
+    finally:
+        await archive.close()
+
+
+@pytest.mark.parametrize("backend", ["postgresql"])
+async def test_unreachable_database_is_store_unavailable(tmp_path: Path, backend: str) -> None:
+    from storage.errors import StoreUnavailable
+
+    settings = StorageSettings(
+        data_dir=tmp_path, index_url="postgresql://postgres@127.0.0.1:1/nothing"
+    )
+    with pytest.raises(StoreUnavailable):
+        await open_archive(settings)
