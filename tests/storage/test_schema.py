@@ -77,7 +77,8 @@ async def main():
     archive = await open_archive(settings)
     try:
         for i in range(6):
-            ds = make_dataset(study={study!r}, series={series!r}, patient_id="MP", instance_number=i)
+            ds = make_dataset(study={study!r}, series={series!r}, patient_id="MP",
+                              instance_number=i)
             await archive.ingest(write(ds, Path({incoming!r})))
     finally:
         await archive.close()
