@@ -10,6 +10,7 @@ warnings, 409 none stored, 400 malformed body, 413 too large, 415 unsupported me
 
 from __future__ import annotations
 
+import asyncio
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -36,6 +37,9 @@ from dicomweb.multipart import BodyTooLarge, Part, spool_multipart
 from dicomweb.urls import BaseUrl, instance_url, study_url, warning_header
 from storage.archive import ArchiveService
 from storage.model import IngestOutcome
+
+INGEST_CONCURRENCY = 4
+"""Parts of one request ingested at the same time."""
 
 
 @dataclass(frozen=True)
@@ -92,13 +96,20 @@ class StowService:
         spooled = await spool_multipart(
             request.stream(), content_type.boundary, self.spool_dir, self.max_bytes
         )
-        stored: list[IngestOutcome] = []
-        failed: list[_Failure] = []
+        # A few parts at a time: ingest waits on disk, fsync and the index; results keep the
+        # request's order.
+        limit = asyncio.Semaphore(INGEST_CONCURRENCY)
+
+        async def store_one(part: Part) -> IngestOutcome | _Failure:
+            async with limit:
+                return await self._store_part(part, study)
+
         try:
-            for part in spooled.parts:
-                await self._store_part(part, study, stored, failed)
+            results = await asyncio.gather(*(store_one(p) for p in spooled.parts))
         finally:
             spooled.discard()
+        stored = [r for r in results if isinstance(r, IngestOutcome)]
+        failed = [r for r in results if isinstance(r, _Failure)]
         base = self.base_url(request)
         ds = self._response_dataset(base, study, stored, failed)
         if not failed and not any(o.warnings for o in stored):
@@ -125,33 +136,17 @@ class StowService:
             body, status_code=status, media_type="application/dicom+json", headers=headers
         )
 
-    async def _store_part(
-        self,
-        part: Part,
-        study: str | None,
-        stored: list[IngestOutcome],
-        failed: list[_Failure],
-    ) -> None:
+    async def _store_part(self, part: Part, study: str | None) -> IngestOutcome | _Failure:
+        cls, inst = _peek_uids(part.path)
         part_type = parse_media_type(part.content_type or DICOM)[0]
         if part_type != DICOM:
-            cls, inst = _peek_uids(part.path)
-            failed.append(
-                _Failure(
-                    StowFailure.CANNOT_UNDERSTAND,
-                    f"part Content-Type {part_type} is not {DICOM}",
-                    cls,
-                    inst,
-                )
-            )
-            return
-        cls, inst = _peek_uids(part.path)
+            note = f"part Content-Type {part_type} is not {DICOM}"
+            return _Failure(StowFailure.CANNOT_UNDERSTAND, note, cls, inst)
         try:
-            outcome = await self.archive.ingest(part.path, expected_study_uid=study)
-        except Exception as exc:
+            return await self.archive.ingest(part.path, expected_study_uid=study)
+        except Exception as exc:  # translated per instance into a FailureReason
             reason, message = stow_failure_for(exc)
-            failed.append(_Failure(reason, message, cls, inst))
-            return
-        stored.append(outcome)
+            return _Failure(reason, message, cls, inst)
 
     @staticmethod
     def _response_dataset(

@@ -52,6 +52,10 @@ from transcoding.service import TranscoderService
 log = logging.getLogger("arca.dicomweb.wado")
 
 CHUNK_SIZE = 1 << 20
+WHOLE_PART_BYTES = 8 << 20
+"""Parts up to this size are read whole ahead of sending; larger ones stream in chunks."""
+READ_AHEAD = 8
+"""Native parts fetched ahead of the one being written."""
 
 
 class WadoService:
@@ -94,25 +98,36 @@ class WadoService:
                 )
         if not acceptance.multipart:
             loc, target = sendable[0]
-            body, size = await self._first_body(loc, target)
-            headers = {"Content-Length": str(size)} if size is not None else {}
-            return StreamingResponse(body, media_type=_part_type(target), headers=headers)
+            if self._whole(loc, target):
+                data = await self._part_bytes(loc, target)
+                return Response(data, media_type=_part_type(target))
+            reader = await self.archive.open_blob(loc)
+            return StreamingResponse(
+                self._blob_chunks(reader),
+                media_type=_part_type(target),
+                headers={"Content-Length": str(reader.size)},
+            )
         boundary = new_boundary()
         syntaxes = {target for _, target in sendable}
         params = {"transfer_syntax": next(iter(syntaxes))} if len(syntaxes) == 1 else {}
         media_type = multipart_content_type(DICOM, boundary, **params)
-        # Open the first part before answering, so an error there still gets its status.
-        first = await self._first_body(*sendable[0])
-        return StreamingResponse(self._multipart(sendable, boundary, first), media_type=media_type)
+        parts = _PartQueue(self, sendable)
+        # Fetch the first part before answering, so an error there still gets its status.
+        await parts.prime()
+        return StreamingResponse(self._multipart(parts, boundary), media_type=media_type)
 
-    async def _first_body(
-        self, loc: InstanceLocation, target: str
-    ) -> tuple[AsyncIterator[bytes], int | None]:
-        if target == loc.transfer_syntax_uid:
-            reader = await self.archive.open_blob(loc)
-            return self._blob_chunks(reader), reader.size
-        data = await self._transcode(loc, target)
-        return _once(data), len(data)
+    def _whole(self, loc: InstanceLocation, target: str) -> bool:
+        """Is this part read (or transcoded) whole, ahead of sending, rather than streamed?"""
+        return target != loc.transfer_syntax_uid or loc.size <= WHOLE_PART_BYTES
+
+    async def _part_bytes(self, loc: InstanceLocation, target: str) -> bytes:
+        if target != loc.transfer_syntax_uid:
+            return await self._transcode(loc, target)
+        reader = await self.archive.open_blob(loc)
+        try:
+            return await reader.read_all()
+        finally:
+            await reader.close()
 
     @staticmethod
     async def _blob_chunks(blob: BlobReader) -> AsyncIterator[bytes]:
@@ -128,44 +143,25 @@ class WadoService:
         source = await source_of(self.archive, loc)
         return await self.transcoder.transcode(source, target, cache_key=loc.sha256)
 
-    async def _multipart(
-        self,
-        sendable: list[tuple[InstanceLocation, str]],
-        boundary: str,
-        first: tuple[AsyncIterator[bytes], int | None],
-    ) -> AsyncIterator[bytes]:
-        pending: dict[int, asyncio.Task[bytes]] = {}
-
-        def schedule(upto: int) -> None:
-            for j in range(upto, min(len(sendable), upto + self.lookahead)):
-                loc, target = sendable[j]
-                if j == 0 or j in pending or target == loc.transfer_syntax_uid:
-                    continue
-                pending[j] = asyncio.ensure_future(self._transcode(loc, target))
-
+    async def _multipart(self, parts: _PartQueue, boundary: str) -> AsyncIterator[bytes]:
         try:
-            for i, (loc, target) in enumerate(sendable):
-                schedule(i)
+            for i, (loc, target) in enumerate(parts.sendable):
                 head = part_header(boundary, _part_type(target))
-                if i == 0:
-                    body = first[0]
-                elif i in pending:
+                if self._whole(loc, target):
                     try:
-                        data = await pending.pop(i)
+                        data = await parts.take(i)
                     except TranscodingError as exc:
                         log.error("%s left out of the response: %s", loc.sop_instance_uid, exc)
                         continue
+                    # One write per small part: header and body together.
                     yield head + data
                     continue
-                else:
-                    body = self._blob_chunks(await self.archive.open_blob(loc))
                 yield head
-                async for chunk in body:
+                async for chunk in self._blob_chunks(await parts.open(i)):
                     yield chunk
             yield closing_delimiter(boundary)
         finally:
-            for task in pending.values():
-                task.cancel()
+            await parts.cancel()
 
     # -- metadata -----------------------------------------------------------------------------
 
@@ -198,10 +194,6 @@ def _part_type(syntax: str) -> str:
     return f"{DICOM}; transfer-syntax={syntax}"
 
 
-async def _once(data: bytes) -> AsyncIterator[bytes]:
-    yield data
-
-
 def _why_not(acceptance: DicomAcceptance, locations: list[InstanceLocation], coder: bool) -> str:
     stored = sorted({loc.transfer_syntax_uid for loc in locations})
     names = ", ".join(
@@ -212,3 +204,74 @@ def _why_not(acceptance: DicomAcceptance, locations: list[InstanceLocation], cod
     if not coder:
         return f"stored as {names}; the client accepts {asked} and no transcoder is configured"
     return f"stored as {names}; the client accepts {asked} and no codec can produce those"
+
+
+class _PartQueue:
+    """Parts of a multipart retrieve fetched ahead of the one being sent, in order.
+
+    Whole parts (small native blobs, transcodes) are fetched by tasks up to READ_AHEAD native
+    reads and ``lookahead`` transcodes ahead, so disk reads, thread hops and codec workers
+    overlap with writing to the socket.
+    """
+
+    def __init__(self, wado: WadoService, sendable: list[tuple[InstanceLocation, str]]) -> None:
+        self.wado = wado
+        self.sendable = sendable
+        self.pending: dict[int, asyncio.Task[bytes]] = {}
+        self.next_native = 0
+        self.next_transcode = 0
+        self.first_reader: BlobReader | None = None
+
+    def _schedule(self, current: int) -> None:
+        for attr, window, transcode in (
+            ("next_native", READ_AHEAD, False),
+            ("next_transcode", self.wado.lookahead, True),
+        ):
+            j = max(getattr(self, attr), current)
+            while j < min(len(self.sendable), current + window):
+                loc, target = self.sendable[j]
+                is_transcode = target != loc.transfer_syntax_uid
+                if is_transcode == transcode and self.wado._whole(loc, target):
+                    task = asyncio.ensure_future(self.wado._part_bytes(loc, target))
+                    task.add_done_callback(_consume)
+                    self.pending[j] = task
+                j += 1
+            setattr(self, attr, j)
+
+    async def prime(self) -> None:
+        """Fetch (or open) part 0 now, raising its error while a status can still be sent."""
+        loc, target = self.sendable[0]
+        if not self.wado._whole(loc, target):
+            self.first_reader = await self.wado.archive.open_blob(loc)
+            return
+        self._schedule(0)
+        task = self.pending[0]
+        await asyncio.wait([task])
+        if task.exception() is not None and not isinstance(task.exception(), TranscodingError):
+            await self.cancel()
+            raise task.exception()  # type: ignore[misc]
+
+    async def take(self, i: int) -> bytes:
+        self._schedule(i)
+        return await self.pending.pop(i)
+
+    async def open(self, i: int) -> BlobReader:
+        self._schedule(i)
+        if i == 0 and self.first_reader is not None:
+            reader, self.first_reader = self.first_reader, None
+            return reader
+        return await self.wado.archive.open_blob(self.sendable[i][0])
+
+    async def cancel(self) -> None:
+        for task in self.pending.values():
+            task.cancel()
+        self.pending.clear()
+        if self.first_reader is not None:
+            reader, self.first_reader = self.first_reader, None
+            await reader.close()
+
+
+def _consume(task: asyncio.Task[bytes]) -> None:
+    """Mark a prefetch task's exception as seen (it is re-raised where it is awaited)."""
+    if not task.cancelled():
+        task.exception()
