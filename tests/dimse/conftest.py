@@ -21,12 +21,16 @@ class Peers:
     """Accepts TCP, never answers (AE SILENT)."""
     dead_port: int
     """Nothing listens (AE DEAD)."""
+    gated_port: int
+    """A pynetdicom Storage SCP under the test's control may listen here (AE GATED)."""
 
 
 @pytest.fixture(scope="module")
 def peers() -> Iterator[Peers]:
     with silent_listener() as silent:
-        yield Peers(dest_port=free_port(), silent_port=silent, dead_port=free_port())
+        yield Peers(
+            dest_port=free_port(), silent_port=silent, dead_port=free_port(), gated_port=free_port()
+        )
 
 
 @pytest.fixture(scope="module")
@@ -35,6 +39,7 @@ def node(tmp_path_factory: pytest.TempPathFactory, peers: Peers) -> Iterator[Nod
         RemoteAE("DEST", "127.0.0.1", peers.dest_port),
         RemoteAE("SILENT", "127.0.0.1", peers.silent_port),
         RemoteAE("DEAD", "127.0.0.1", peers.dead_port),
+        RemoteAE("GATED", "127.0.0.1", peers.gated_port),
         RemoteAE("VIEWONLY", "127.0.0.1", 1, may_store=False, may_query=False, may_retrieve=False),
         RemoteAE("NOTDEST", "127.0.0.1", peers.dest_port, move_destination=False),
     )

@@ -145,3 +145,17 @@ def wait_listening(port: int, timeout: float = 10.0) -> None:
                 return
         time.sleep(0.05)
     raise RuntimeError(f"nothing listens on {port}")
+
+
+def findscu(
+    port: int, model: str, keys: list[str], out_dir: Path, *, aet: str = "FINDSCU"
+) -> list[pydicom.Dataset]:
+    """DCMTK findscu (``-P`` patient root, ``-S`` study root, ``-W`` worklist) with ``-k``
+    keys; the responses' identifiers, read back from the files ``-X`` writes."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    args = [model, "-aet", aet, "-aec", "ARCA", "-X", "-od", str(out_dir)]
+    for key in keys:
+        args += ["-k", key]
+    done = dcmtk("findscu", *args, "127.0.0.1", str(port))
+    assert done.returncode == 0, done.stderr
+    return [pydicom.dcmread(p) for p in sorted(out_dir.glob("rsp*.dcm"))]
