@@ -7,9 +7,11 @@ everything again in reverse order on shutdown.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
 from collections.abc import AsyncIterator
+from dataclasses import dataclass
 from typing import Any
 
 from starlette.applications import Starlette
@@ -20,7 +22,17 @@ from starlette.responses import JSONResponse
 from starlette.routing import BaseRoute, Route
 
 from config.settings import Settings
+from dicomweb.routes import build_routes
+from dicomweb.worklist import build_worklist_routes
+from dimse.server import DimseServer
+from server.commands import spool_dir
 from server.middleware import AccessLog, LastResortErrors
+from server.viewer import VIEWER_PATH, viewer_routes
+from storage.archive import Archive, open_archive
+from storage.errors import StorageError
+from storage.index.engine import create_engine
+from storage.worklist import WorklistStore
+from transcoding.pool import Transcoder
 
 log = logging.getLogger("arca.server")
 
@@ -41,46 +53,70 @@ def describe_index(settings: Settings) -> str:
     return "SQLite index"
 
 
-def startup_line(settings: Settings) -> str:
+def startup_line(settings: Settings, *, dimse_running: bool) -> str:
     """The one log line that says where arca listens and where its data lives."""
     http = settings.http
     parts = [f"arca serving DICOMweb at http://{http.host}:{http.port}{http.dicomweb_root}"]
-    if settings.dimse.enabled:
+    if dimse_running:
         parts.append(f"DIMSE AE {settings.dimse.ae_title} on port {settings.dimse.port}")
     else:
         parts.append("DIMSE off")
     if http.viewer:
-        parts.append(f"viewer at http://{http.host}:{http.port}/viewer")
-    data = settings.storage.data_dir
-    parts.append(f"data in {data} ({describe_index(settings)})")
+        parts.append(f"OHIF viewer at http://{http.host}:{http.port}{VIEWER_PATH}/")
+    storage = settings.storage
+    parts.append(f"data in {storage.data_dir} ({describe_index(settings)})")
+    if storage.cold_store:
+        parts.append(f"cold tier {storage.cold_store}")
     return ", ".join(parts)
+
+
+class StartupError(Exception):
+    """A component could not start (a listener's port is taken, ...)."""
+
+
+@dataclass
+class Runtime:
+    """What the lifespan started; read by the status endpoint."""
+
+    archive: Archive | None = None
+    dimse_running: bool = False
+    started: bool = False
 
 
 def create_app(settings: Settings) -> Starlette:
     """The arca HTTP application for ``settings``; nothing is opened until its lifespan runs."""
+    runtime = Runtime()
 
     async def status(request: Request) -> JSONResponse:
         body: dict[str, Any] = {
-            "status": "ok",
+            "status": "ok" if runtime.started else "starting",
             "service": "arca",
             "version": VERSION,
             "dicomweb": settings.http.dicomweb_root,
             "dimse": (
                 {"ae_title": settings.dimse.ae_title, "port": settings.dimse.port}
-                if settings.dimse.enabled
+                if runtime.dimse_running
                 else None
             ),
             "index": describe_index(settings),
-            "viewer": "/viewer" if settings.http.viewer else None,
+            "cold_tier": settings.storage.cold_store is not None,
+            "viewer": VIEWER_PATH + "/" if settings.http.viewer else None,
         }
-        return JSONResponse(body)
+        return JSONResponse(body, status_code=200 if runtime.started else 503)
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         async with contextlib.AsyncExitStack() as stack:
-            app.router.routes.extend(await _start_components(settings, stack))
-            log.info("%s", startup_line(settings))
+            try:
+                routes = await _start_components(settings, stack, runtime)
+            except (StorageError, StartupError) as exc:
+                log.error("arca cannot start: %s", exc)
+                raise
+            app.router.routes.extend(routes)
+            runtime.started = True
+            log.info("%s", startup_line(settings, dimse_running=runtime.dimse_running))
             yield
+            runtime.started = False
             log.info("arca shutting down")
 
     routes: list[BaseRoute] = [
@@ -91,10 +127,49 @@ def create_app(settings: Settings) -> Starlette:
 
 
 async def _start_components(
-    settings: Settings, stack: contextlib.AsyncExitStack
+    settings: Settings, stack: contextlib.AsyncExitStack, runtime: Runtime
 ) -> list[BaseRoute]:
-    """Open the archive, start the transcoder and DIMSE; their routes. Closed via ``stack``."""
-    return []
+    """Open the archive, start the transcoder and DIMSE; return the routes to mount.
+
+    Everything started is registered on ``stack``, so it closes in reverse order on shutdown
+    (or when a later step fails): DIMSE first (no new work), then the transcoder, then the
+    archive (tier policy, index connections)."""
+    archive = await open_archive(
+        settings.storage, bulkdata_threshold=settings.http.bulkdata_threshold
+    )
+    stack.push_async_callback(archive.close)
+    runtime.archive = archive
+    # Placement policy between hot and cold tiers; a no-op without a cold tier.
+    archive.start_tiering()
+
+    transcoder = Transcoder(settings.transcoding, cache_dir=settings.storage.data_dir / "cache")
+    stack.push_async_callback(transcoder.aclose)
+
+    # The worklist lives in the index database; its store gets an engine of its own.
+    worklist_engine = create_engine(settings.storage.resolved_index_url, immediate=True)
+    stack.push_async_callback(worklist_engine.dispose)
+    worklist = WorklistStore(worklist_engine)
+
+    spool = spool_dir(settings)
+    spool.mkdir(parents=True, exist_ok=True)
+    routes = build_routes(archive, transcoder, settings, spool)
+    routes += build_worklist_routes(worklist, settings)
+    # Viewer hook: OHIF's static build and its app-config.js, owned by server/viewer.py.
+    if settings.http.viewer:
+        routes += viewer_routes(settings)
+
+    if settings.dimse.enabled:
+        dimse = DimseServer(
+            archive, transcoder, settings, asyncio.get_running_loop(), worklist=worklist
+        )
+        try:
+            dimse.start()
+        except OSError as exc:
+            dimse_at = f"{settings.dimse.host}:{settings.dimse.port}"
+            raise StartupError(f"DIMSE cannot listen on {dimse_at}: {exc}") from exc
+        stack.callback(dimse.stop)
+        runtime.dimse_running = True
+    return routes
 
 
 def _middleware(settings: Settings) -> list[Middleware]:

@@ -172,7 +172,15 @@ def configure_logging(level: str) -> None:
     )
     # Library chatter stays at WARNING unless debugging.
     quiet = logging.DEBUG if level == "debug" else logging.WARNING
-    for name in ("pynetdicom", "aiosqlite", "asyncio", "botocore", "boto3", "urllib3"):
+    for name in (
+        "pynetdicom",
+        "aiosqlite",
+        "asyncio",
+        "botocore",
+        "boto3",
+        "urllib3",
+        "alembic.runtime.plugins",
+    ):
         logging.getLogger(name).setLevel(quiet)
 
 
@@ -185,11 +193,26 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ConfigError as exc:
         parser.exit(2, f"arca: configuration error: {exc}\n")
     configure_logging(settings.log_level)
+    if args.command in ("import", "verify") and settings.log_level != "debug":
+        # Schema checks on open are routine here; the summary is what the user reads.
+        logging.getLogger("alembic").setLevel(logging.WARNING)
 
     if args.command == "serve":
         from server.serve import serve
 
         return serve(settings)
+    if args.command == "import":
+        from server.commands import run_import
+
+        return run_import(settings, list(args.paths), progress=not args.quiet)
+    if args.command == "verify":
+        from server.commands import run_verify
+
+        return run_verify(settings, args.study)
+    if args.command == "db":
+        from server.commands import run_db_upgrade
+
+        return run_db_upgrade(settings)
     parser.error(f"unknown command {args.command}")
     return 2  # pragma: no cover
 

@@ -8,6 +8,7 @@ import uvicorn
 
 from config.settings import Settings
 from server.app import create_app
+from server.viewer import ViewerNotInstalledError, viewer_dist
 
 log = logging.getLogger("arca.server")
 
@@ -17,6 +18,12 @@ GRACEFUL_SHUTDOWN_SECONDS = 15
 
 def serve(settings: Settings) -> int:
     """Serve until a signal stops the server; the process exit status."""
+    if settings.http.viewer:
+        try:
+            viewer_dist(settings)
+        except ViewerNotInstalledError as exc:
+            log.error("arca cannot serve the viewer: %s", exc)
+            return 2
     config = uvicorn.Config(
         create_app(settings),
         host=settings.http.host,
