@@ -257,12 +257,26 @@ def _text(ds: Dataset, tag: int) -> str | None:
     return str(value).strip()
 
 
+_INT32 = 2**31 - 1
+
+
 def _int(ds: Dataset, tag: int) -> int | None:
+    """An IS value as an int for the index; None when absent, malformed or out of range."""
     elem = ds.get(tag)
     try:
-        return int(elem.value) if elem is not None and elem.value not in (None, "") else None
+        value = int(elem.value) if elem is not None and elem.value not in (None, "") else None
     except (TypeError, ValueError):
         return None
+    return value if value is not None and -_INT32 <= value <= _INT32 else None
+
+
+def _date(ds: Dataset, tag: int) -> str | None:
+    """DA as YYYYMMDD; the ACR-NEMA form YYYY.MM.DD is accepted (PS3.5 §6.2 note)."""
+    value = _text(ds, tag)
+    if not value:
+        return None
+    digits = value.replace(".", "")
+    return digits if len(digits) == 8 and digits.isdigit() else None
 
 
 def normalize_time(value: str, *, upper: bool = False) -> str:
@@ -317,11 +331,11 @@ def _columns(ds: Dataset) -> dict[str, dict[str, Any]]:
             "issuer_of_patient_id": _text(ds, 0x0010_0021) or "",
             "patient_name": patient_name,
             "patient_name_norm": normalize_pn(patient_name),
-            "patient_birth_date": _text(ds, 0x0010_0030),
+            "patient_birth_date": _date(ds, 0x0010_0030),
             "patient_sex": _text(ds, 0x0010_0040),
         },
         STUDY: {
-            "study_date": _text(ds, 0x0008_0020),
+            "study_date": _date(ds, 0x0008_0020),
             "study_time": _time(ds, 0x0008_0030),
             "accession_number": _text(ds, 0x0008_0050),
             "study_id": _text(ds, 0x0020_0010),
@@ -333,15 +347,15 @@ def _columns(ds: Dataset) -> dict[str, dict[str, Any]]:
             "modality": _text(ds, 0x0008_0060),
             "series_number": _int(ds, 0x0020_0011),
             "series_description": _text(ds, 0x0008_103E),
-            "series_date": _text(ds, 0x0008_0021),
+            "series_date": _date(ds, 0x0008_0021),
             "series_time": _time(ds, 0x0008_0031),
             "body_part_examined": _text(ds, 0x0018_0015),
-            "pps_start_date": _text(ds, 0x0040_0244),
+            "pps_start_date": _date(ds, 0x0040_0244),
             "pps_start_time": _time(ds, 0x0040_0245),
         },
         IMAGE: {
             "instance_number": _int(ds, 0x0020_0013),
-            "content_date": _text(ds, 0x0008_0023),
+            "content_date": _date(ds, 0x0008_0023),
             "content_time": _time(ds, 0x0008_0033),
             "acquisition_datetime": _datetime(ds, 0x0008_002A),
         },
