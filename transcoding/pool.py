@@ -70,7 +70,9 @@ class Transcoder:
         self.stats = TranscoderStats()
 
     def _new_executor(self) -> ProcessPoolExecutor:
-        return ProcessPoolExecutor(max_workers=self.workers, mp_context=self._context)
+        return ProcessPoolExecutor(
+            max_workers=self.workers, mp_context=self._context, initializer=jobs.warm_worker
+        )
 
     # -- TranscoderService -------------------------------------------------------------------
 
