@@ -247,9 +247,12 @@ class _PartQueue:
         self._schedule(0)
         task = self.pending[0]
         await asyncio.wait([task])
-        if task.exception() is not None and not isinstance(task.exception(), TranscodingError):
+        exc = task.exception()
+        # A transcoding failure is skipped in a multi-instance body (see the module
+        # docstring); alone it is the whole answer, so it gets its status.
+        if exc is not None and (len(self.sendable) == 1 or not isinstance(exc, TranscodingError)):
             await self.cancel()
-            raise task.exception()  # type: ignore[misc]
+            raise exc
 
     async def take(self, i: int) -> bytes:
         self._schedule(i)

@@ -220,3 +220,19 @@ def test_xml_response_when_asked(dw: DicomwebServer) -> None:
     assert r.status_code == 200
     assert r.headers["content-type"].startswith("application/dicom+xml")
     assert b"NativeDicomModel" in r.content and inst.sop.encode() in r.content
+
+
+def test_same_uid_other_bytes_is_duplicate_failure(dw: DicomwebServer) -> None:
+    pid = unique_patient()
+    inst = make_instance(CT, patient_id=pid)
+    assert post(dw, body_of(inst.data)).status_code == 200
+    other = pydicom.dcmread(io.BytesIO(inst.data))
+    other.PatientName = "Someone^Else"
+    buf = io.BytesIO()
+    other.save_as(buf)
+    r = post(dw, body_of(buf.getvalue()))
+    assert r.status_code == 409, r.text
+    assert failed_reasons(r) == [StowFailure.DUPLICATE_SOP_INSTANCE]
+    with dw.http() as http:
+        kept = http.get(f"/studies/{inst.study}/series/{inst.series}/instances/{inst.sop}")
+    assert kept.status_code == 200 and inst.data in kept.content

@@ -334,3 +334,67 @@ def test_json_error_bodies_never_leak_traces(dw: DicomwebServer) -> None:
     assert r.status_code == 404
     body = json.loads(r.content)
     assert set(body) == {"error", "status"} and "Traceback" not in r.text
+
+
+def test_native_frames_transcoded_to_jpeg_ls(
+    dw: DicomwebServer, stored: dict[str, Instance]
+) -> None:
+    import jpeg_ls
+
+    mf = stored["mf"]
+    frames = dw.client().retrieve_instance_frames(
+        mf.study, mf.series, mf.sop, frame_numbers=[2], media_types=("image/jls",)
+    )
+    decoded = jpeg_ls.decode(np.frombuffer(frames[0], dtype=np.uint8))
+    assert np.array_equal(decoded.astype(mf.ds.pixel_array.dtype), mf.ds.pixel_array[1])
+
+
+def test_bulkdata_bad_paths_are_404(dw: DicomwebServer, stored: dict[str, Instance]) -> None:
+    ct = stored["ct"]
+    with dw.http() as http:
+        for path in ("zzz", "7FE00010/0", "00100010", "00540016/7/00181072"):
+            r = http.get(f"{url(ct)}/bulkdata/{path}")
+            assert r.status_code == 404, (path, r.text)
+            assert r.json()["status"] == 404
+
+
+def test_object_without_pixels_has_no_frames_or_rendering(dw: DicomwebServer) -> None:
+    plan = make_instance("rtplan.dcm", patient_id=unique_patient())
+    dw.client().store_instances([plan.ds])
+    with dw.http() as http:
+        frames = http.get(f"{url(plan)}/frames/1")
+        rendered = http.get(f"{url(plan)}/rendered")
+        whole = http.get(url(plan))
+    assert frames.status_code == 404 and "no pixel data" in frames.json()["error"]
+    assert rendered.status_code == 406 and "pixel data" in rendered.json()["error"]
+    assert whole.status_code == 200
+
+
+def _corrupt_j2k(patient_id: str, study: str, series: str) -> Instance:
+    """693_J2KR with its JPEG 2000 codestream replaced by noise (still encapsulated)."""
+    from pydicom.encaps import encapsulate
+
+    inst = make_instance("693_J2KR.dcm", patient_id=patient_id, study=study, series=series)
+    ds = pydicom.dcmread(io.BytesIO(inst.data))
+    ds.PixelData = encapsulate([b"\xff\x4f\xff\x51" + bytes(range(256)) * 40])
+    buf = io.BytesIO()
+    ds.save_as(buf, enforce_file_format=True)
+    return Instance(buf.getvalue(), pydicom.dcmread(io.BytesIO(buf.getvalue())))
+
+
+def test_corrupt_pixel_data_is_left_out_of_a_series_transcode(dw: DicomwebServer) -> None:
+    pid = unique_patient()
+    good = make_instance("693_J2KR.dcm", patient_id=pid)
+    bad = _corrupt_j2k(pid, good.study, good.series)
+    dw.client().store_instances([good.ds, bad.ds])
+    accept = f"{DICOM_MULTIPART}; transfer-syntax={EXPLICIT_VR_LITTLE_ENDIAN}"
+    with dw.http() as http:
+        series = http.get(f"/studies/{good.study}/series/{good.series}", headers={"Accept": accept})
+        single = http.get(url(bad), headers={"Accept": accept})
+        as_stored = http.get(url(bad))
+    assert series.status_code == 200
+    parts = multipart_parts(series.content, series.headers["content-type"])
+    sent = [str(pydicom.dcmread(io.BytesIO(p)).SOPInstanceUID) for _, p in parts]
+    assert sent == [good.sop]
+    assert single.status_code == 500 and single.json()["error"]
+    assert as_stored.status_code == 200 and bad.data in as_stored.content
