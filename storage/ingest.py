@@ -32,7 +32,7 @@ from conformance.transfer_syntaxes import (
     lookup,
 )
 from conformance.validation import check_identity, expected_native_pixel_length
-from storage.errors import IngestRejected
+from storage.errors import IngestRejected, StoreUnavailable
 from storage.frames import (
     PixelDataTruncated,
     encapsulated_spans,
@@ -101,7 +101,12 @@ def analyze(
     path: Path, *, bulkdata_threshold: int, bulkdata_base: str, expected_study_uid: str | None
 ) -> Analysis:
     """Read ``path`` once; raise IngestRejected for objects that must not be stored."""
-    size, sha256 = hash_file(path)
+    try:
+        size, sha256 = hash_file(path)
+    except OSError as exc:
+        # The spooled file is ours: failing to read it is the archive's problem, not the
+        # sender's.
+        raise StoreUnavailable(f"cannot read the incoming object: {exc}") from exc
     try:
         # force: a bare data set (no preamble/File Meta, e.g. a C-STORE payload) is accepted.
         ds = dcmread(path, defer_size=max(bulkdata_threshold, 256), force=True)

@@ -174,13 +174,17 @@ async def replace_instance(
     conn: AsyncConnection, analysis: Analysis, tier: Tier, instance_id: int
 ) -> None:
     """Point an existing instance row at the replacement's blob and attributes."""
+    old_series_pk = (
+        await conn.execute(select(instances.c.series_pk).where(instances.c.id == instance_id))
+    ).scalar_one()
     series_pk = await _series_pk(conn, analysis)
     await conn.execute(
         update(instances)
         .where(instances.c.id == instance_id)
         .values(series_pk=series_pk, **_instance_values(analysis, tier))
     )
-    await _remove_empty_parents(conn)
+    # The replacement may name another series or study; the old ones may now be empty.
+    await _remove_empty_parents(conn, {int(old_series_pk)})
 
 
 def _scope(study_uid: str, series_uid: str | None, sop_uid: str | None) -> list[Any]:
@@ -279,7 +283,7 @@ async def delete_instances(
     """Delete the addressed instances and their now-empty parents; returns (tier, blob_key)."""
     rows = (
         await conn.execute(
-            select(instances.c.id, instances.c.tier, instances.c.blob_key)
+            select(instances.c.id, instances.c.series_pk, instances.c.tier, instances.c.blob_key)
             .select_from(_INSTANCE_SOURCE)
             .where(*_scope(study_uid, series_uid, sop_uid))
         )
@@ -289,24 +293,57 @@ async def delete_instances(
     ids = [row.id for row in rows]
     for start in range(0, len(ids), 500):
         await conn.execute(delete(instances).where(instances.c.id.in_(ids[start : start + 500])))
-    await _remove_empty_parents(conn)
+    await _remove_empty_parents(conn, {int(row.series_pk) for row in rows})
     return [(row.tier, row.blob_key) for row in rows]
 
 
-async def _remove_empty_parents(conn: AsyncConnection) -> None:
-    empty_series = select(series.c.id).where(
-        ~select(instances.c.id).where(instances.c.series_pk == series.c.id).exists()
-    )
+async def _remove_empty_parents(conn: AsyncConnection, series_pks: set[int]) -> None:
+    """Delete the given series when they hold no instance, then their studies and patients
+    when those became empty. Scoped to the affected rows: no scan of whole tables."""
+    if not series_pks:
+        return
+    candidates = list(series_pks)
+    empty_series = [
+        int(row.id)
+        for row in (
+            await conn.execute(
+                select(series.c.id, series.c.study_pk).where(
+                    series.c.id.in_(candidates),
+                    ~select(instances.c.id).where(instances.c.series_pk == series.c.id).exists(),
+                )
+            )
+        ).all()
+    ]
+    if not empty_series:
+        return
+    study_pks = [
+        int(pk)
+        for pk in (
+            await conn.execute(
+                select(series.c.study_pk).where(series.c.id.in_(empty_series)).distinct()
+            )
+        ).scalars()
+    ]
     await conn.execute(delete(series_requests).where(series_requests.c.series_pk.in_(empty_series)))
     await conn.execute(delete(series).where(series.c.id.in_(empty_series)))
+    patient_pks = [
+        int(pk)
+        for pk in (
+            await conn.execute(
+                select(studies.c.patient_pk).where(studies.c.id.in_(study_pks)).distinct()
+            )
+        ).scalars()
+    ]
     await conn.execute(
         delete(studies).where(
-            ~select(series.c.id).where(series.c.study_pk == studies.c.id).exists()
+            studies.c.id.in_(study_pks),
+            ~select(series.c.id).where(series.c.study_pk == studies.c.id).exists(),
         )
     )
     await conn.execute(
         delete(patients).where(
-            ~select(studies.c.id).where(studies.c.patient_pk == patients.c.id).exists()
+            patients.c.id.in_(patient_pks),
+            ~select(studies.c.id).where(studies.c.patient_pk == patients.c.id).exists(),
         )
     )
 

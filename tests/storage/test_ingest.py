@@ -460,3 +460,30 @@ async def test_locate_and_metadata_order(archive: Archive, tmp_path: Path) -> No
         await archive.locate(study, generate_uid())
     with pytest.raises(NotFound):
         await archive.locate(generate_uid())
+
+
+@pytest.mark.parametrize("storage_settings", [OverwritePolicy.REPLACE], indirect=True)
+async def test_replacement_in_another_study_removes_the_empty_old_one(
+    archive: Archive, tmp_path: Path
+) -> None:
+    ds = make_dataset(patient_id="OLD")
+    old_study = ds.StudyInstanceUID
+    await archive.ingest(write(ds, tmp_path / "a"))
+    ds.StudyInstanceUID, ds.SeriesInstanceUID, ds.PatientID = generate_uid(), generate_uid(), "NEW"
+    outcome = await archive.ingest(write(ds, tmp_path / "b"))
+    assert outcome.status is IngestStatus.STORED
+    with pytest.raises(NotFound):
+        await archive.locate(old_study)
+    assert len(await archive.locate(ds.StudyInstanceUID)) == 1
+    patients = (await archive.search(Query(QueryLevel.PATIENT))).matches
+    assert [p.PatientID for p in patients] == ["NEW"]
+    assert (await archive.verify()).orphans == []
+
+
+async def test_unreadable_incoming_file_is_a_storage_error(
+    archive: Archive, tmp_path: Path
+) -> None:
+    from storage.errors import StoreUnavailable
+
+    with pytest.raises(StoreUnavailable):
+        await archive.ingest(tmp_path / "does-not-exist.dcm")
