@@ -233,6 +233,11 @@ class TierManager:
         made, open it where the index says it is now. Cold reads are verified against the
         SHA-256 recorded at ingest and ask for the study to be recalled."""
         self.touch(location.study_uid)
+        if location.tier is Tier.COLD:
+            # Recalled (or prefetched) since the plan was made? A hot copy is always complete
+            # (temp file + rename) and was verified before it was written, so it may serve.
+            with contextlib.suppress(NotFound):
+                return await self.hot.open(location.blob_key)
         try:
             return await self._open_on(location.tier, location)
         except NotFound:
