@@ -4,7 +4,9 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: serve test lint typecheck lock clean
+VIEWER_DIST := viewer/node_modules/@ohif/app/dist/index.html
+
+.PHONY: serve test lint typecheck lock clean viewer
 
 $(STAMP): pyproject.toml requirements.lock
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -16,8 +18,21 @@ $(STAMP): pyproject.toml requirements.lock
 serve: $(STAMP)
 	$(BIN)/arca serve $(ARGS)
 
+# The whole suite; the OHIF viewer is installed first when npm is there (its test needs it).
 test: $(STAMP)
+	@if command -v npm >/dev/null 2>&1; then $(MAKE) --no-print-directory viewer; \
+	else echo "make test: npm not found, the OHIF viewer test will be skipped"; fi
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+# OHIF's prebuilt static viewer for `arca serve --viewer` (viewer/README.md).
+viewer: $(VIEWER_DIST)
+
+$(VIEWER_DIST): viewer/package.json viewer/package-lock.json
+	cd viewer && npm ci --ignore-scripts --no-audit --no-fund
+	touch $@
+
+typecheck: $(STAMP)
+	$(BIN)/mypy
 
 lint: $(STAMP)
 	$(BIN)/ruff check .
