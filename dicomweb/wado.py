@@ -19,6 +19,7 @@ import json
 import logging
 from collections.abc import AsyncIterator
 
+import anyio
 from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
 
@@ -135,7 +136,9 @@ class WadoService:
             async for chunk in blob.iter_chunks(CHUNK_SIZE):
                 yield chunk
         finally:
-            await blob.close()
+            # Starlette cancels the body on a client disconnect; closing must still run.
+            with anyio.CancelScope(shield=True):
+                await blob.close()
 
     async def _transcode(self, loc: InstanceLocation, target: str) -> bytes:
         if self.transcoder is None:  # negotiation never picks a target without one
@@ -161,7 +164,8 @@ class WadoService:
                     yield chunk
             yield closing_delimiter(boundary)
         finally:
-            await parts.cancel()
+            with anyio.CancelScope(shield=True):
+                await parts.cancel()
 
     # -- metadata -----------------------------------------------------------------------------
 
