@@ -1,11 +1,17 @@
 """Transcode a whole instance: Part-10 in, Part-10 out in the target transfer syntax.
 
-SOP Instance UID: kept, also for lossy targets. PS3.3 C.7.6.1.1.5 asks for a new instance
-when an image is lossy compressed *as a new derived object*; a rendition produced in transit
-because the receiver negotiated that syntax (PS3.4 B.4.1 / PS3.5 A.4 over DIMSE, PS3.18
-§8.7.3.5 over WADO-RS) is the same instance in another encoding, so we keep the UID (the
-client asked for *that* instance) and record the compression in Lossy Image Compression,
-Ratio and Method (PS3.3 C.7.6.1.1.5.1/.2), which downstream systems check before using it.
+SOP Instance UID: kept, also for lossy targets. PS3.3 C.7.6.1.1.5 gives a lossy-compressed
+*derived image* (Image Type DERIVED) a new SOP Instance UID. A rendition made in transit
+because the receiver asked for that transfer syntax (an accepted presentation context over
+DIMSE, PS3.5 §10; the Accept transfer-syntax of a WADO-RS request, PS3.18 §8.7.3) is the same
+instance in another encoding: the client asked for *that* UID, and a new one would break every
+reference to it. So the UID and Image Type stay, and the compression is recorded in Lossy
+Image Compression, Ratio and Method (PS3.3 C.7.6.1.1.5.1/.2) for receivers to check.
+
+Why not pydicom's ``Dataset.compress``: it generates a new SOP Instance UID by default, has no
+JPEG baseline encoder, and works per data set, while frames() needs the same per-frame
+encoders; so frames go through pydicom's per-frame encoders (backends/) and are encapsulated
+here, one fragment per frame.
 """
 
 from __future__ import annotations

@@ -36,7 +36,6 @@ SOURCES: dict[str, str] = {
     "US1_J2KR.dcm": RGB,  # YBR_RCT
     "SC_rgb_jpeg_dcmtk.dcm": RGB,  # JPEG baseline, YBR_FULL
     "SC_rgb_dcmtk_+eb+cy+np.dcm": RGB,  # JPEG baseline, YBR_FULL_422
-    "examples_ybr_color.dcm": RGB,  # 30-frame JPEG baseline YBR_FULL_422
     "SC_rgb_jls_lossy_line.dcm": RGB,  # JPEG-LS near-lossless
     "SC_ybr_full_uncompressed.dcm": YBR_FULL,
     "OBXXXX1A_rle.dcm": PALETTE,

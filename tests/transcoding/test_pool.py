@@ -109,7 +109,7 @@ async def test_transcode_does_not_block_the_event_loop(transcoder: Transcoder) -
 @pytest.mark.parametrize("sample", ["693_UNCI.dcm", "693_J2KR.dcm"])
 async def test_measure_j2k_lossless_throughput(sample: str) -> None:
     """Printed, not asserted: images/s of J2K lossless encodes through a 2-worker pool."""
-    count = 16
+    count = 12
     sources = clone_with_pixels(sample, count)
     t = Transcoder(TranscodingSettings(workers=2))
     try:
