@@ -8,10 +8,13 @@ honours, in order: ``Forwarded`` (RFC 7239, first element: ``host=``, ``proto=``
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
+from urllib.parse import quote
 
 from starlette.requests import Request
 
 from dicomweb.media import split_outside_quotes, unquote
+
+_URL_SAFE = ":/?#[]@!$&'()*+,;=%-._~"
 
 BaseUrl = Callable[[Request], str]
 """request → the DICOMweb root's URL as the client sees it."""
@@ -55,7 +58,10 @@ def base_url(headers: Mapping[str, str], scheme: str, host: str, root_path: str,
     if scheme not in ("http", "https"):
         scheme = "http"
     host = fwd_host or host
-    return f"{scheme}://{host}{prefix}{root_path.rstrip('/')}{root}"
+    url = f"{scheme}://{host}{prefix}{root_path.rstrip('/')}{root}"
+    # The URL is pasted into JSON strings and XML attributes verbatim (join_metadata):
+    # anything a client put in Host / X-Forwarded-* that is not a URL character is escaped.
+    return quote(url, safe=_URL_SAFE)
 
 
 def study_url(base: str, study: str) -> str:

@@ -111,3 +111,11 @@ def test_base_url_plain_and_forwarded() -> None:
     )
     hostile = Headers({"x-forwarded-proto": "javascript"})
     assert base_url(hostile, "http", "h", "/app", "/dw").startswith("http://h/app/dw")
+
+
+def test_base_url_escapes_what_would_break_json() -> None:
+    evil = Headers({"x-forwarded-host": 'evil"host\\x', "x-forwarded-prefix": "/a b<c>"})
+    url = base_url(evil, "http", "h", "", "/dicom-web")
+    assert '"' not in url and "\\" not in url and " " not in url and "<" not in url
+    joined = join_metadata([b'{"7FE00010":{"vr":"OW","BulkDataURI":"arca-base:/x"}}'], url)
+    assert json.loads(joined)[0]["7FE00010"]["BulkDataURI"] == url + "/x"

@@ -435,3 +435,37 @@ def test_client_disconnect_mid_series_releases_blobs(dw: DicomwebServer) -> None
     with httpx.Client(timeout=60) as http:
         whole = http.get(series_url)
     assert len(multipart_parts(whole.content, whole.headers["content-type"])) == 12
+
+
+def test_large_instance_streams_and_serves_frames(dw: DicomwebServer) -> None:
+    """Over WHOLE_PART_BYTES an instance is streamed in chunks instead of read whole."""
+    from dicomweb.wado import WHOLE_PART_BYTES
+
+    pid = unique_patient()
+    base = make_instance("emri_small.dcm", patient_id=pid)
+    ds = pydicom.dcmread(io.BytesIO(base.data))
+    frames = ds.pixel_array
+    count = WHOLE_PART_BYTES // frames[0].nbytes + 40
+    big = np.concatenate([frames] * (count // len(frames) + 1))[:count]
+    big[:, 0, 0] = np.arange(count)  # every frame different
+    ds.NumberOfFrames = count
+    ds.PixelData = big.tobytes()
+    buf = io.BytesIO()
+    ds.save_as(buf, enforce_file_format=True)
+    data = buf.getvalue()
+    assert len(data) > WHOLE_PART_BYTES
+    dw.client().store_instances([pydicom.dcmread(io.BytesIO(data))])
+    inst = Instance(data, ds)
+    with dw.http() as http:
+        whole = http.get(url(inst))
+        series = http.get(f"/studies/{inst.study}/series/{inst.series}")
+        last = http.get(
+            f"{url(inst)}/frames/{count}",
+            headers={"Accept": "multipart/related; type=application/octet-stream"},
+        )
+    [(_, part)] = multipart_parts(whole.content, whole.headers["content-type"])
+    assert part == data
+    [(_, part)] = multipart_parts(series.content, series.headers["content-type"])
+    assert part == data
+    [(_, frame)] = multipart_parts(last.content, last.headers["content-type"])
+    assert frame == big[-1].tobytes()
