@@ -6,7 +6,8 @@
     ├── NoCodec            no installed codec can encode/decode this syntax (HTTP 406)
     ├── CorruptPixelData   the stored stream does not decode / headers lie (per-instance failure)
     ├── WorkerCrashed      a codec worker process died; the pool was rebuilt (HTTP 503 / retry)
-    └── FrameNotFound      a requested frame number is not in 1..NumberOfFrames (HTTP 404)
+    ├── FrameNotFound      a requested frame number is not in 1..NumberOfFrames (HTTP 404)
+    └── BadRenderParams    a rendering parameter (window, viewport) is invalid (HTTP 400)
 """
 
 from __future__ import annotations
@@ -30,3 +31,7 @@ class WorkerCrashed(TranscodingError):
 
 class FrameNotFound(TranscodingError, IndexError):
     """A requested frame number is outside 1..NumberOfFrames (HTTP 404 / 400)."""
+
+
+class BadRenderParams(TranscodingError, ValueError):
+    """A rendering request parameter is invalid, e.g. a window width below 1 (PS3.18 §8.3.5.1)."""

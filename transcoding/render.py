@@ -22,7 +22,7 @@ from pydicom.pixels.processing import (
     convert_color_space,
 )
 
-from transcoding.errors import CorruptPixelData, NoCodec
+from transcoding.errors import BadRenderParams, CorruptPixelData, NoCodec
 from transcoding.frame_info import FrameInfo
 from transcoding.pixels import check_frame_numbers, iter_frames, number_of_frames
 from transcoding.service import RenderParams
@@ -93,12 +93,18 @@ def _modality(arr: np.ndarray[Any, Any], ds: Dataset, index: int) -> F64:
 
 def _voi(values: F64, ds: Dataset, index: int, params: RenderParams) -> F64:
     if params.window is not None:
-        return window(values, *params.window)
+        try:
+            return window(values, *params.window)
+        except CorruptPixelData as exc:
+            raise BadRenderParams(f"window={params.window}: {exc}") from None
     item = _frame_item(ds, index, "FrameVOILUTSequence")
     source = item if item is not None and "WindowCenter" in item else ds
     if "WindowCenter" in source and "WindowWidth" in source:
         function = str(source.get("VOILUTFunction", "LINEAR") or "LINEAR")
-        return window(values, _first(source.WindowCenter), _first(source.WindowWidth), function)
+        try:
+            return window(values, _first(source.WindowCenter), _first(source.WindowWidth), function)
+        except (CorruptPixelData, ValueError, TypeError, IndexError):
+            pass  # an unusable stored window: fall through to the next VOI source
     if "VOILUTSequence" in ds and ds.VOILUTSequence:
         lut_item = ds.VOILUTSequence[0]
         bits = int(lut_item.LUTDescriptor[2])
@@ -154,7 +160,7 @@ def render_instance(ds: Dataset, frame: int | None, params: RenderParams) -> byt
     if params.media_type not in MEDIA_TYPES:
         raise NoCodec(f"cannot render to {params.media_type}; offered: {', '.join(MEDIA_TYPES)}")
     if params.viewport is not None and min(params.viewport) < 1:
-        raise NoCodec(f"viewport {params.viewport} is empty")
+        raise BadRenderParams(f"viewport {params.viewport} is empty")
     count = number_of_frames(ds)
     if frame is None and params.media_type == "image/gif" and count > 1:
         indices = list(range(count))  # a multi-frame instance renders as an animated GIF

@@ -10,7 +10,7 @@ from PIL import Image
 from pydicom.pixels.processing import apply_color_lut
 
 from tests.transcoding.samples import read, sample_file, synthetic_image
-from transcoding.errors import NoCodec
+from transcoding.errors import BadRenderParams, NoCodec
 from transcoding.pool import Transcoder
 from transcoding.render import fit_viewport, window
 from transcoding.service import RenderParams
@@ -158,3 +158,20 @@ async def test_thumbnail_of_a_jpeg_multiframe(transcoder: Transcoder) -> None:
 async def test_unsupported_media_type(transcoder: Transcoder) -> None:
     with pytest.raises(NoCodec, match="image/webp"):
         await transcoder.render(sample_file("CT_small.dcm"), None, RenderParams("image/webp"))
+
+
+async def test_bad_request_parameters(transcoder: Transcoder) -> None:
+    source = sample_file("CT_small.dcm")
+    with pytest.raises(BadRenderParams, match="window"):
+        await transcoder.render(source, None, RenderParams(window=(40.0, 0.5, "LINEAR")))
+    with pytest.raises(BadRenderParams, match="window"):
+        await transcoder.render(source, None, RenderParams(window=(40.0, 400.0, "CUBIC")))
+    with pytest.raises(BadRenderParams, match="viewport"):
+        await transcoder.render(source, None, RenderParams(viewport=(0, 10)))
+
+
+async def test_unusable_stored_window_falls_back_to_min_max(transcoder: Transcoder) -> None:
+    stored = np.array([[1000, 1500], [2000, 3000]], dtype=np.uint16)
+    data = synthetic_image(stored, WindowCenter=100, WindowWidth=0)
+    out = _png(await transcoder.render(data, None, PNG))
+    np.testing.assert_array_equal(out, [[0, 64], [128, 255]])
