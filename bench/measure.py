@@ -34,6 +34,14 @@ def cpu_seconds(pids: list[int]) -> float:
     return total / _TICK
 
 
+def machine_busy_seconds() -> float:
+    """CPU seconds all cores spent busy since boot (first line of /proc/stat, minus idle)."""
+    with open("/proc/stat") as f:
+        fields = [int(x) for x in f.readline().split()[1:]]
+    idle = fields[3] + (fields[4] if len(fields) > 4 else 0)
+    return (sum(fields[:8]) - idle) / _TICK
+
+
 def client_cpu_seconds() -> float:
     """CPU seconds of this process and its waited-for children (DCMTK tools)."""
     me = resource.getrusage(resource.RUSAGE_SELF)
@@ -48,6 +56,8 @@ class Usage:
     wall: float = 0.0
     server_cpu: float = 0.0
     client_cpu: float = 0.0
+    machine_cpu: float = 0.0
+    """Busy CPU seconds of the whole machine: what neither side used is other work's."""
 
     @property
     def server_load(self) -> float:
@@ -57,6 +67,13 @@ class Usage:
     @property
     def client_load(self) -> float:
         return self.client_cpu / self.wall if self.wall else 0.0
+
+    @property
+    def other_load(self) -> float:
+        """Cores busy with work of neither side (other processes on this shared machine)."""
+        if not self.wall:
+            return 0.0
+        return max(0.0, self.machine_cpu - self.server_cpu - self.client_cpu) / self.wall
 
 
 @contextmanager
@@ -74,9 +91,11 @@ def usage(
     def extra_cpu() -> float:
         return cpu_seconds(extra_pids()) if extra_pids else 0.0
 
-    s0, c0, e0, t0 = server_cpu(), client_cpu_seconds(), extra_cpu(), time.perf_counter()
+    s0, c0, e0 = server_cpu(), client_cpu_seconds(), extra_cpu()
+    m0, t0 = machine_busy_seconds(), time.perf_counter()
     yield u
     u.wall = time.perf_counter() - t0
+    u.machine_cpu = machine_busy_seconds() - m0
     u.server_cpu = max(0.0, server_cpu() - s0)
     u.client_cpu = client_cpu_seconds() - c0 + max(0.0, extra_cpu() - e0)
 

@@ -26,6 +26,8 @@ class Sample:
     server_load: float
     client_load: float
     extra: dict[str, float] = field(default_factory=dict)
+    other_load: float = 0.0
+    """Cores busy with neither server nor client: other work on the shared machine."""
 
 
 @dataclass
@@ -49,6 +51,10 @@ class Cell:
     @property
     def client_load(self) -> float | None:
         return median([s.client_load for s in self.samples])
+
+    @property
+    def other_load(self) -> float | None:
+        return median([s.other_load for s in self.samples])
 
 
 Check = Callable[[float | None, float | None, "Figure"], tuple[bool | None, str]]
@@ -252,7 +258,10 @@ def _details(f: Figure, server: str) -> str:
     if link is not None:
         bits.append(f"link {link:.0%}")
     if c.samples:
-        bits.append(f"srv {c.server_load or 0:.1f} / cli {c.client_load or 0:.1f} cores")
+        bits.append(
+            f"cores busy: server {c.server_load or 0:.2f}, client {c.client_load or 0:.2f}, "
+            f"other work {c.other_load or 0:.2f}"
+        )
     if c.errors:
         bits.append(f"{len(c.errors)} failed: {c.errors[0][:120]}")
     return "; ".join(bits)
@@ -264,7 +273,8 @@ def markdown(figs: dict[str, Figure], meta: dict[str, Any]) -> str:
         "",
         f"arca: {meta.get('arca_version', '?')}; Orthanc: {meta.get('orthanc_version', '?')}; "
         f"{meta.get('instances')} instances per series, {meta.get('repeat')} repetitions "
-        f"(medians), machine: {meta.get('machine', '')}.",
+        f"(medians), machine: {meta.get('machine', '')}; load average at start "
+        f"{meta.get('loadavg_start', '?')}, at end {meta.get('loadavg_end', '?')}.",
         "",
         "| figure | unit | arca | Orthanc | arca/Orthanc | target | status |",
         "|---|---|---:|---:|---:|---|---|",
@@ -287,9 +297,10 @@ def markdown(figs: dict[str, Figure], meta: dict[str, Any]) -> str:
         "",
         "## What each figure ran into",
         "",
-        "(MB/s, link utilisation, and CPU cores busy on the server / client side: "
-        "≈1.0 on a one-process Python server means it is CPU-bound on one core; "
-        "the machine has 2 cores shared by client, server and other work.)",
+        "(MB/s, link utilisation, and CPU cores busy (medians) on the server side, the "
+        "client side, and with other work on this shared 2-core machine: a server near "
+        "1.0 is CPU-bound on one core (one Python process); server + client + other "
+        "near 2.0 means the machine itself was the limit.)",
         "",
     ]
     for f in figs.values():

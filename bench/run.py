@@ -92,6 +92,14 @@ def pick_servers(opts: Options, workdir: Path, dest_port: int, log: Bench) -> li
     return chosen
 
 
+def _loadavg() -> str:
+    """The 1/5/15-minute load averages: how busy the shared machine was (2 cores)."""
+    try:
+        return " ".join(Path("/proc/loadavg").read_text().split()[:3])
+    except OSError:
+        return "?"
+
+
 def main(argv: list[str] | None = None) -> int:
     opts = parse(sys.argv[1:] if argv is None else argv)
     stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
@@ -120,6 +128,7 @@ def main(argv: list[str] | None = None) -> int:
             f"{os.cpu_count()} cores, {platform.platform()}, Python {platform.python_version()}"
         ),
         "notes": bench.notes,
+        "loadavg_start": _loadavg(),
     }
     try:
         bench.start(chosen, dest_port)
@@ -134,6 +143,7 @@ def main(argv: list[str] | None = None) -> int:
                     f"{s.name} crashed {len(s.crashes)}× and was restarted: "
                     + "; ".join(s.crashes[:6])
                 )
+        meta["loadavg_end"] = _loadavg()
         meta["finished"] = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
         written = report.write(bench.figs, meta, outdir)
         latest = opts.out / "latest"

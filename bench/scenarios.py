@@ -113,10 +113,12 @@ class Bench:
                 cell.errors.append(str(exc)[:300])
                 self.say(f"{key:16s} {s.name:8s} rep {rep + 1}: FAILED {str(exc)[:200]}")
             return
-        cell.samples.append(Sample(value, u.wall, u.server_load, u.client_load, extra))
+        cell.samples.append(
+            Sample(value, u.wall, u.server_load, u.client_load, extra, u.other_load)
+        )
         self.say(
             f"{key:16s} {s.name:8s} rep {rep + 1}: {value:,.1f} {fig.unit}"
-            f"  (srv {u.server_load:.2f} / cli {u.client_load:.2f} cores)"
+            f"  (cores: srv {u.server_load:.2f} cli {u.client_load:.2f} other {u.other_load:.2f})"
         )
 
     # -- data loading -------------------------------------------------------------------------
