@@ -112,6 +112,12 @@ def _instance_values(analysis: Analysis, tier: Tier) -> dict[str, Any]:
 
 
 async def _series_pk(conn: AsyncConnection, analysis: Analysis) -> int:
+    # Most instances join a series that exists already: one indexed lookup.
+    existing = (
+        await conn.execute(select(series.c.id).where(series.c.series_uid == analysis.series_uid))
+    ).scalar_one_or_none()
+    if existing is not None:
+        return int(existing)
     stamp = now()
     patient_columns = dict(analysis.columns[A.PATIENT])
     identity = {

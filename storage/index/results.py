@@ -14,8 +14,9 @@ from collections import defaultdict
 from collections.abc import Sequence
 from typing import Any
 
+from pydicom.config import IGNORE
 from pydicom.datadict import dictionary_VR
-from pydicom.dataelem import DataElement
+from pydicom.dataelem import DataElement, empty_value_for_VR
 from pydicom.dataset import Dataset
 from sqlalchemy import Row, distinct, func, select
 from sqlalchemy.ext.asyncio import AsyncConnection
@@ -140,6 +141,32 @@ async def _patient_computed(
     return out
 
 
+def element_from_json(tag: int, obj: dict[str, Any]) -> DataElement:
+    """A DataElement from its DICOM JSON (PS3.18 F.2), fast for the common value types.
+
+    The values were validated when the object was ingested, so they are not validated again
+    (pydicom's per-element validation dominated the cost of large result sets). Sequences,
+    binary values and AT fall back to pydicom's own converter.
+    """
+    vr = obj.get("vr", "UN")
+    if vr in ("SQ", "AT") or "InlineBinary" in obj or "BulkDataURI" in obj:
+        return Dataset.from_json({f"{tag:08X}": obj})[tag]
+    values = obj.get("Value")
+    if not values:
+        return DataElement(tag, vr, empty_value_for_VR(vr), validation_mode=IGNORE)
+    if vr == "PN":
+        values = [_person_name(v) for v in values]
+    value = values[0] if len(values) == 1 else values
+    return DataElement(tag, vr, value, validation_mode=IGNORE)
+
+
+def _person_name(value: Any) -> str:
+    if not isinstance(value, dict):
+        return str(value)
+    groups = [value.get(g, "") for g in ("Alphabetic", "Ideographic", "Phonetic")]
+    return "=".join(groups).rstrip("=")
+
+
 def _empty_element(tag: int) -> DataElement | None:
     try:
         vr = str(dictionary_VR(tag))
@@ -177,10 +204,17 @@ async def render_rows(
         computed = {}
 
     results: list[Dataset] = []
+    parsed: dict[str, dict[str, Any]] = {}  # rows of one study share its JSON text
     for row in rows:
         stored: dict[str, Any] = {}
         for each in levels:
-            stored.update(json.loads(getattr(row, f"json_{each}")))
+            text = getattr(row, f"json_{each}")
+            level_attrs = parsed.get(text) if each != level else None
+            if level_attrs is None:
+                level_attrs = json.loads(text)
+                if each != level:
+                    parsed[text] = level_attrs
+            stored.update(level_attrs)
         for each, tag in _UID_TAGS.items():
             if each in levels:
                 uid_key = f"{tag:08X}"
@@ -190,12 +224,15 @@ async def render_rows(
             keys = [int(k, 16) for k in stored]
             tags = list(dict.fromkeys([*ordered, *sorted(keys)]))
         else:
-            tags = ordered
+            tags = list(ordered)
         for each, tag in _UID_TAGS.items():
             if each in levels and tag not in tags:
                 tags.append(tag)
-        chosen = {f"{t:08X}": stored[f"{t:08X}"] for t in tags if f"{t:08X}" in stored}
-        ds = Dataset.from_json(chosen)
+        ds = Dataset()
+        for tag in tags:
+            obj = stored.get(f"{tag:08X}")
+            if obj is not None:
+                ds.add(element_from_json(tag, obj))
         for tag, value in computed.get(int(row.id), {}).items():
             ds.add(_computed_element(tag, value))
         if A.INSTANCE_AVAILABILITY in tags and level != A.PATIENT:
