@@ -17,7 +17,7 @@ here, one fragment per frame.
 from __future__ import annotations
 
 import io
-from collections.abc import Sequence
+from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
@@ -29,7 +29,7 @@ from pydicom.pixels.utils import pack_bits
 from conformance.transfer_syntaxes import TRANSFER_SYNTAXES
 from transcoding.encode import encode_frame
 from transcoding.errors import CorruptPixelData, NoCodec
-from transcoding.frame_info import FrameInfo
+from transcoding.frame_info import EncodedFrame, FrameInfo
 from transcoding.pixels import iter_frames, source_syntax
 from transcoding.registry import can_encode, encoder_for, is_native_target
 
@@ -56,25 +56,36 @@ def transcode_instance(ds: Dataset, target: str) -> bytes:
 
     source_ts = source_syntax(ds)
     stored_pixel_bytes = len(ds.PixelData)
-    decoded = list(iter_frames(ds))
-    info = decoded[0][1]
-    uncompressed = _uncompressed_size(info) * len(decoded)
+    # Frames are decoded one at a time and encoded at once: a large multi-frame object never
+    # holds more than one decoded frame plus the output in the worker's memory.
+    if is_native_target(target):
+        info, count = _set_native_pixels(ds, iter_frames(ds))
+        encoded_bytes = None
+    else:
+        fragments: list[bytes] = []
+        first: tuple[FrameInfo, EncodedFrame] | None = None
+        for arr, frame_info in iter_frames(ds):
+            encoded = encode_frame(arr, frame_info, target)
+            first = first or (frame_info, encoded)
+            fragments.append(encoded.data)
+        if first is None:
+            raise CorruptPixelData("Pixel Data holds no frames")
+        info, first_encoded = first
+        count = len(fragments)
+        encoded_bytes = sum(len(f) for f in fragments)
+        _set_encapsulated_pixels(ds, fragments)
+        _set_pixel_module(
+            ds, info, first_encoded.photometric_interpretation, first_encoded.bits_stored
+        )
+    uncompressed = _uncompressed_size(info) * count
 
     if source_ts in _ALWAYS_LOSSY_SOURCES and ds.get("LossyImageCompression") != "01":
+        # PS3.3 C.7.6.1.1.5: pixels that went through lossy JPEG stay marked lossy.
         ratio = uncompressed / max(stored_pixel_bytes, 1)
         _record_lossy(ds, TRANSFER_SYNTAXES[source_ts].lossy_method or "ISO_10918_1", ratio)
-
-    if is_native_target(target):
-        _set_native_pixels(ds, [arr for arr, _ in decoded], info)
-    else:
-        encoded = [encode_frame(arr, frame_info, target) for arr, frame_info in decoded]
-        first = encoded[0]
-        _set_encapsulated_pixels(ds, [e.data for e in encoded])
-        _set_pixel_module(ds, info, first.photometric_interpretation, first.bits_stored)
-        ts = TRANSFER_SYNTAXES[target]
-        if ts.lossy:
-            ratio = uncompressed / max(sum(len(e.data) for e in encoded), 1)
-            _record_lossy(ds, ts.lossy_method or target, ratio)
+    ts = TRANSFER_SYNTAXES[target]
+    if ts.lossy and encoded_bytes is not None:
+        _record_lossy(ds, ts.lossy_method or target, uncompressed / max(encoded_bytes, 1))
     return _write(ds, target)
 
 
@@ -101,13 +112,21 @@ def _set_pixel_module(
 
 
 def _set_native_pixels(
-    ds: Dataset, frames: Sequence[np.ndarray[Any, Any]], info: FrameInfo
-) -> None:
-    stack = np.stack(frames) if len(frames) > 1 else frames[0]
-    if info.bits_allocated == 1:
-        data = bytes(pack_bits(stack, pad=False))
-    else:
-        data = np.ascontiguousarray(stack, dtype=stack.dtype.newbyteorder("<")).tobytes()
+    ds: Dataset, frames: Iterator[tuple[np.ndarray[Any, Any], FrameInfo]]
+) -> tuple[FrameInfo, int]:
+    info: FrameInfo | None = None
+    chunks: list[bytes] = []
+    bit_frames: list[np.ndarray[Any, Any]] = []
+    for arr, frame_info in frames:
+        info = info or frame_info
+        if frame_info.bits_allocated == 1:
+            bit_frames.append(arr)  # 1-bit frames are packed together: not byte aligned
+        else:
+            chunks.append(np.ascontiguousarray(arr, dtype=arr.dtype.newbyteorder("<")).tobytes())
+    if info is None:
+        raise CorruptPixelData("Pixel Data holds no frames")
+    count = len(bit_frames) or len(chunks)
+    data = bytes(pack_bits(np.stack(bit_frames), pad=False)) if bit_frames else b"".join(chunks)
     if len(data) % 2:
         data += b"\x00"  # PS3.5 7.1.1: values have even length
     for keyword in ("ExtendedOffsetTable", "ExtendedOffsetTableLengths"):
@@ -117,6 +136,7 @@ def _set_native_pixels(
     ds["PixelData"].VR = "OW" if info.bits_allocated > 8 else "OB"
     ds["PixelData"].is_undefined_length = False
     _set_pixel_module(ds, info, info.photometric_interpretation)
+    return info, count
 
 
 def _set_encapsulated_pixels(ds: Dataset, fragments: list[bytes]) -> None:
