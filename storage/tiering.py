@@ -109,6 +109,14 @@ class TierStatus:
             "cold_store": self.cold_store,
         }
 
+    def describe(self) -> str:
+        """The lines ``arca tier status`` prints."""
+        cold_where = self.cold_store or "not configured"
+        return (
+            f"hot:  {self.hot.instances} instances, {self.hot.bytes} bytes\n"
+            f"cold: {self.cold.instances} instances, {self.cold.bytes} bytes ({cold_where})\n"
+        )
+
 
 async def tier_status(conn: AsyncConnection, cold_store: str | None) -> TierStatus:
     """Instances and bytes per tier, from the index (also without a cold tier)."""
@@ -141,6 +149,23 @@ class MigrationResult:
     """Instances left for later (byte budget reached, concurrently changed)."""
     failed: tuple[str, ...] = ()
     """SOPInstanceUIDs whose copy failed verification or whose source copy is missing."""
+
+    @property
+    def complete(self) -> bool:
+        return not (self.deferred or self.failed)
+
+    def describe(self) -> str:
+        """The lines ``arca tier migrate`` prints."""
+        lines = [
+            f"study {self.study_uid}: {self.moved} instances ({self.bytes} bytes) moved to "
+            f"{self.target.value}, {self.already} were there already"
+        ]
+        if self.deferred:
+            lines.append(f"  {self.deferred} changed meanwhile or left for later: run again")
+        lines += [
+            f"  not moved (copy failed its SHA-256 or is missing): {uid}" for uid in self.failed
+        ]
+        return "\n".join(lines) + "\n"
 
 
 @dataclass(frozen=True)

@@ -237,3 +237,29 @@ async def _poll_async(check: object, *, what: str, timeout: float = 30.0) -> Non
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out waiting for {what}")
         await asyncio.sleep(0.1)
+
+
+async def test_open_archive_with_a_missing_bucket_fails_clearly(
+    tmp_path: Path, moto_s3: MotoS3
+) -> None:
+    from config.settings import StorageSettings
+    from storage.archive import open_archive
+
+    settings = StorageSettings(
+        data_dir=tmp_path / "data",
+        cold_store="s3://arca-missing-bucket/cold",
+        s3_endpoint_url=moto_s3.endpoint,
+        s3_region="us-east-1",
+    )
+    with pytest.raises(StoreUnavailable, match=r"s3://arca-missing-bucket/cold.*start-up check"):
+        await open_archive(settings)
+
+
+async def test_status_and_result_texts(tiered_archive: Archive, tmp_path: Path) -> None:
+    study = await ingest_series(tiered_archive, 2, tmp_path / "in")
+    result = await tiered_archive.migrate_study(study.study_uid, Tier.COLD)
+    assert result.complete
+    assert result.describe().startswith(f"study {study.study_uid}: 2 instances (")
+    text = (await tiered_archive.tier_status()).describe()
+    assert text.splitlines()[0] == "hot:  0 instances, 0 bytes"
+    assert text.splitlines()[1].startswith("cold: 2 instances, ")
