@@ -1,0 +1,217 @@
+"""OHIF Viewer 3 against a real ``arca serve --viewer``, in a real browser (project issue #7).
+
+One arca process for the module, loaded over STOW-RS with: a 10-slice CT series (native),
+a 30-frame ultrasound cine (JPEG baseline, YBR), a CT slice stored as JPEG 2000, one stored
+as JPEG-LS, and a study with one good series and one series whose only instance carries a
+corrupt JPEG 2000 codestream. Debian's chromium, driven by Playwright, opens the study list
+and each study; what the viewport paints is compared with the source image windowed the same
+way (see browser.py). Every answer from arca's origin is logged: none may fail.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from tests.conftest import ArcaProcess
+from tests.data import multipart_related, stow_content_type
+from tests.viewer import browser
+from tests.viewer.samples import BROKEN_SERIES, GOOD_SERIES, Study, all_studies
+
+pytestmark = pytest.mark.slow
+
+DIST = Path(__file__).resolve().parents[2] / "viewer" / "node_modules" / "@ohif" / "app" / "dist"
+RENDER_TIMEOUT = 90.0
+
+# What "the same image" means: cornerstone scales with bilinear filtering on the GPU (here
+# SwiftShader) and decodes with its own WebAssembly codecs, so a few grey levels of difference
+# are normal; a wrong frame, wrong window or garbled pixels fall far below these.
+MIN_CORRELATION = 0.95
+MAX_MEAN_ABS_DIFF = 12.0
+MAX_NONBLACK_DIFF = 0.05
+
+
+def _require_browser() -> Any:
+    playwright = pytest.importorskip("playwright.sync_api", reason="pip install playwright")
+    if not browser.CHROMIUM.exists():
+        pytest.skip("Debian chromium not installed (.ci/run installs it: apt-get install chromium)")
+    if not (DIST / "index.html").exists():
+        pytest.skip("OHIF not installed: run `make viewer`")
+    return playwright
+
+
+@pytest.fixture(scope="module")
+def sync_api() -> Any:
+    return _require_browser()
+
+
+@pytest.fixture(scope="module")
+def studies() -> list[Study]:
+    return all_studies()
+
+
+@pytest.fixture(scope="module")
+def arca(
+    sync_api: Any, studies: list[Study], tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[ArcaProcess]:
+    base = tmp_path_factory.mktemp("arca-viewer")
+    proc = ArcaProcess(base / "data", base / "arca.log", ["--viewer"])
+    proc.start()
+    try:
+        for study in studies:
+            response = httpx.post(
+                proc.dicomweb_url + "/studies",
+                content=multipart_related(study.files),
+                headers={"Content-Type": stow_content_type(), "Accept": "application/dicom+json"},
+                timeout=60.0,
+            )
+            assert response.status_code == 200, (study.key, response.status_code, response.text)
+        yield proc
+    finally:
+        proc.stop()
+
+
+@pytest.fixture(scope="module")
+def chromium(sync_api: Any) -> Iterator[Any]:
+    with sync_api.sync_playwright() as playwright:
+        instance = playwright.chromium.launch(
+            executable_path=str(browser.CHROMIUM), args=browser.CHROMIUM_ARGS
+        )
+        try:
+            yield instance
+        finally:
+            instance.close()
+
+
+@pytest.fixture(scope="module")
+def browser_context(chromium: Any) -> Iterator[Any]:
+    """One context for the module: its HTTP cache keeps OHIF's 30 MB of scripts between pages,
+    as a user's browser would."""
+    context = chromium.new_context(viewport=browser.VIEWPORT)
+    context.add_init_script(browser.INIT_SCRIPT)
+    try:
+        yield context
+    finally:
+        context.close()
+
+
+@pytest.fixture
+def page(browser_context: Any, arca: ArcaProcess) -> Iterator[tuple[Any, browser.NetworkLog]]:
+    tab = browser_context.new_page()
+    tab.set_default_timeout(RENDER_TIMEOUT * 1000)
+    network = browser.NetworkLog(arca.base_url)
+    network.attach(tab)
+    try:
+        yield tab, network
+    finally:
+        tab.close()
+
+
+def _study(studies: list[Study], key: str) -> Study:
+    return next(s for s in studies if s.key == key)
+
+
+def _assert_no_failures(network: browser.NetworkLog, arca: ArcaProcess) -> None:
+    assert not network.failures, (
+        "requests to arca failed:\n" + "\n".join(network.failures) + "\n" + arca.log_tail(40)
+    )
+
+
+def _assert_paints(study: Study, painted: browser.ViewportImage, name: str) -> browser.Match:
+    key = (painted.sop_instance_uid, painted.frame)
+    assert key in study.expected, f"the viewport shows {painted.image_id}, not one of {study.key}"
+    match = browser.compare(painted.grey, study.expected[key])
+    where = f"{name}: {match} (see {browser.SCREENSHOTS}/{name}*.png)"
+    assert match.correlation >= MIN_CORRELATION, where
+    assert match.mean_abs_diff <= MAX_MEAN_ABS_DIFF, where
+    assert abs(match.painted_nonblack - match.expected_nonblack) <= MAX_NONBLACK_DIFF, where
+    assert match.outside_mean < 1.0, where
+    return match
+
+
+def test_study_list_shows_every_study(
+    page: tuple[Any, browser.NetworkLog], arca: ArcaProcess, studies: list[Study]
+) -> None:
+    tab, network = page
+    tab.goto(arca.base_url + "/viewer/")
+    for study in studies:
+        tab.get_by_text(study.name_in_list, exact=True).wait_for()
+        tab.get_by_text(study.description, exact=True).wait_for()
+    browser.save("study-list", tab)
+    # The list is OHIF's QIDO-RS search, answered as DICOM JSON.
+    searches = [r for r in network.responses if "/dicom-web/studies?" in r[1]]
+    assert searches, network.responses
+    assert all(r[0] == 200 and r[3].startswith("application/dicom+json") for r in searches)
+    assert any("limit=101" in r[1] and "includefield=" in r[1] for r in searches), searches
+    _assert_no_failures(network, arca)
+
+
+@pytest.mark.parametrize("key", ["ct", "us", "j2k", "jls"])
+def test_study_opens_and_paints_the_source_pixels(
+    page: tuple[Any, browser.NetworkLog], arca: ArcaProcess, studies: list[Study], key: str
+) -> None:
+    tab, network = page
+    study = _study(studies, key)
+    tab.goto(f"{arca.base_url}/viewer/viewer?StudyInstanceUIDs={study.study_uid}")
+    painted = browser.wait_for_painted(tab, RENDER_TIMEOUT)
+    browser.save(f"study-{key}", tab, painted)
+    _assert_paints(study, painted, f"study-{key}")
+    if key == "ct":
+        # arca's series metadata carries what OHIF needs to treat the slices as a volume
+        # (positions, orientation, spacing, dimensions); OHIF lists any problem it finds.
+        display_sets = tab.evaluate(_DISPLAY_SETS_JS)
+        assert display_sets == [["CT native", True, []]], display_sets
+    # The pixels came from arca's WADO-RS frames resource (PS3.18 §10.4), as OHIF asks for
+    # them: any transfer syntax, one multipart part per frame.
+    frames = network.frame_responses(painted.sop_instance_uid)
+    assert frames, f"no frame request for {painted.image_id}: {network.responses}"
+    status, _, accept, content_type = frames[0]
+    assert status == 200
+    assert "transfer-syntax=*" in accept
+    assert content_type.startswith("multipart/related"), content_type
+    _assert_no_failures(network, arca)
+
+
+def test_broken_instance_leaves_the_rest_of_the_study_usable(
+    page: tuple[Any, browser.NetworkLog], arca: ArcaProcess, studies: list[Study]
+) -> None:
+    """The corrupt codestream is stored and served as it came; the browser's decoder cannot
+    read it. The study still opens, the good series paints, switching to the broken series
+    and back does not hang the viewer."""
+    tab, network = page
+    study = _study(studies, "broken")
+    good_uid = next(iter(study.expected))[0]
+    bad_uid = study.broken_sop_uids[0]
+    tab.goto(f"{arca.base_url}/viewer/viewer?StudyInstanceUIDs={study.study_uid}")
+    painted = browser.wait_for_painted(tab, RENDER_TIMEOUT, sop_instance_uid=good_uid)
+    _assert_paints(study, painted, "broken-study-good-series")
+
+    tab.get_by_text(BROKEN_SERIES, exact=True).first.dblclick()
+    _wait_for_image(tab, bad_uid)
+    browser.save("broken-study-broken-series", tab)
+    # arca served the stored bytes (the failure is in the codestream, not in the archive).
+    served = network.frame_responses(bad_uid)
+    assert served and all(r[0] == 200 for r in served), served
+
+    tab.get_by_text(GOOD_SERIES, exact=True).first.dblclick()
+    painted = browser.wait_for_painted(tab, RENDER_TIMEOUT, sop_instance_uid=good_uid)
+    browser.save("broken-study-back-to-good", tab, painted)
+    _assert_paints(study, painted, "broken-study-back-to-good")
+    _assert_no_failures(network, arca)
+
+
+_DISPLAY_SETS_JS = """() => window.services.displaySetService.getActiveDisplaySets().map(
+    d => [d.SeriesDescription, d.isReconstructable, d.messages ? d.messages.messages : []])"""
+
+
+def _wait_for_image(tab: Any, sop_instance_uid: str) -> None:
+    tab.wait_for_function(
+        """uid => (window.cornerstone ? window.cornerstone.getEnabledElements() : []).some(
+             e => (e.viewport.getCurrentImageId() || '').includes('/instances/' + uid + '/'))""",
+        arg=sop_instance_uid,
+        timeout=RENDER_TIMEOUT * 1000,
+    )
