@@ -12,8 +12,6 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from alembic import command
-from alembic.config import Config
 from sqlalchemy import event, text
 from sqlalchemy.engine import Connection
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
@@ -61,7 +59,10 @@ def create_engine(url: str, *, immediate: bool = False) -> AsyncEngine:
     return engine
 
 
-def _alembic_config(connection: Connection) -> Config:
+def _alembic_config(connection: Connection) -> Any:
+    # Imported here: Alembic is only needed when migrating (it is slow to import).
+    from alembic.config import Config
+
     cfg = Config()
     cfg.set_main_option("script_location", str(MIGRATIONS_DIR))
     cfg.attributes["connection"] = connection
@@ -69,6 +70,8 @@ def _alembic_config(connection: Connection) -> Config:
 
 
 def _upgrade_sync(connection: Connection) -> None:
+    from alembic import command
+
     command.upgrade(_alembic_config(connection), "head")
 
 

@@ -20,6 +20,7 @@ from storage.archive import open_archive, upgrade_index
 from storage.index import engine
 from storage.index.schema import metadata
 from storage.query import Query, QueryLevel
+from tests.storage.factory import make_dataset, write
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -70,16 +71,13 @@ from pathlib import Path
 sys.path.insert(0, {root!r})
 from config.settings import StorageSettings
 from storage.archive import open_archive
-from tests.storage.factory import make_dataset, write
 
 async def main():
     settings = StorageSettings(data_dir=Path({data!r}), index_url={url!r})
     archive = await open_archive(settings)
     try:
-        for i in range(6):
-            ds = make_dataset(study={study!r}, series={series!r}, patient_id="MP",
-                              instance_number=i)
-            await archive.ingest(write(ds, Path({incoming!r})))
+        for path in sorted(Path({incoming!r}).iterdir()):
+            await archive.ingest(path)
     finally:
         await archive.close()
 
@@ -90,18 +88,20 @@ asyncio.run(main())
 async def test_several_processes_ingest_one_new_study(
     storage_settings: StorageSettings, tmp_path: Path
 ) -> None:
-    """Three processes start at once (migrating the same fresh index) and store instances of
+    """Two processes start at once (migrating the same fresh index) and store instances of
     one new study: one patient, one study and one series row result."""
     study, series = generate_uid(), generate_uid()
     procs = []
-    for n in range(3):
+    for n in range(2):
+        incoming = tmp_path / f"in{n}"
+        for i in range(8):
+            ds = make_dataset(study=study, series=series, patient_id="MP", instance_number=i)
+            write(ds, incoming)
         script = _WRITER.format(
             root=str(ROOT),
             data=str(storage_settings.data_dir),
             url=storage_settings.index_url,
-            study=study,
-            series=series,
-            incoming=str(tmp_path / f"in{n}"),
+            incoming=str(incoming),
         )
         procs.append(
             await asyncio.create_subprocess_exec(
@@ -116,7 +116,7 @@ async def test_several_processes_ingest_one_new_study(
         studies = (await archive.search(Query(QueryLevel.STUDY))).matches
         assert [ds.StudyInstanceUID for ds in studies] == [study]
         assert studies[0].NumberOfStudyRelatedSeries == 1
-        assert studies[0].NumberOfStudyRelatedInstances == 18
+        assert studies[0].NumberOfStudyRelatedInstances == 16
         assert len((await archive.search(Query(QueryLevel.PATIENT))).matches) == 1
         report = await archive.verify()
         assert report.ok and report.orphans == []
