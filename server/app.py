@@ -25,8 +25,8 @@ from config.settings import Settings
 from dicomweb.routes import build_routes
 from dicomweb.worklist import build_worklist_routes
 from dimse.server import DimseServer
-from server.commands import spool_dir
 from server.middleware import AccessLog, LastResortErrors
+from server.spool import purge_stale, spool_dir
 from server.viewer import VIEWER_PATH, viewer_routes
 from storage.archive import Archive, open_archive
 from storage.errors import StorageError
@@ -152,6 +152,7 @@ async def _start_components(
 
     spool = spool_dir(settings)
     spool.mkdir(parents=True, exist_ok=True)
+    await asyncio.to_thread(purge_stale, spool)
     routes = build_routes(archive, transcoder, settings, spool)
     routes += build_worklist_routes(worklist, settings)
     # Viewer hook: OHIF's static build and its app-config.js, owned by server/viewer.py.

@@ -23,6 +23,7 @@ from typing import TextIO
 from tqdm import tqdm
 
 from config.settings import Settings
+from server.spool import spool_dir
 from storage.archive import Archive, open_archive, upgrade_index
 from storage.errors import IngestRejected, StorageError
 from storage.model import IngestStatus
@@ -33,11 +34,6 @@ IMPORT_CONCURRENCY = 4
 """Files ingested at once: ingest alternates disk, hashing and index work."""
 SKIPPED_NAMES = frozenset({"DICOMDIR"})
 """PS3.10 media directories index a file set; they are not instances to store."""
-
-
-def spool_dir(settings: Settings) -> Path:
-    """Where request bodies and import copies wait for ingest (inside the data folder)."""
-    return settings.storage.data_dir / "spool"
 
 
 @dataclass
