@@ -56,6 +56,10 @@ CHUNK_SIZE = 1 << 20
 WHOLE_PART_BYTES = 8 << 20
 """Parts up to this size are read whole ahead of sending; larger ones stream in chunks."""
 READ_AHEAD = 8
+INLINE_READ_BYTES = 2 << 20
+"""Hot-tier blobs up to this size are read on the event loop from their local path: a
+page-cache read of a few hundred KiB costs less than the thread hop of read_range, and
+a series retrieve is mostly such reads. Larger ones go through the reader's thread."""
 """Native parts fetched ahead of the one being written."""
 
 
@@ -126,6 +130,9 @@ class WadoService:
             return await self._transcode(loc, target)
         reader = await self.archive.open_blob(loc)
         try:
+            if reader.local_path is not None and reader.size <= INLINE_READ_BYTES:
+                with open(reader.local_path, "rb") as f:
+                    return f.read()
             return await reader.read_all()
         finally:
             await reader.close()
