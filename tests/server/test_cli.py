@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import ROOT, run_arca
+from tests.conftest import ROOT, clean_environ, run_arca
 
 
 @pytest.mark.parametrize(
@@ -53,3 +53,16 @@ def test_configuration_errors_exit_2_with_a_clear_message(tmp_path: Path) -> Non
     assert result.returncode == 2
     assert f"{config}: unknown setting dimse.aetitle" in result.stderr
     assert not (tmp_path / "index.sqlite").exists()
+
+
+def test_arca_config_environment_variable_names_the_file(tmp_path: Path) -> None:
+    config = tmp_path / "site.toml"
+    config.write_text(f'[storage]\ndata_dir = "{tmp_path / "d"}"\n[http]\nport = 0\n')
+    result = run_arca("verify", env={**clean_environ(), "ARCA_CONFIG": str(config)})
+    assert result.returncode == 2
+    assert "http.port: port 0 is outside 1..65535" in result.stderr
+    config.write_text(f'[storage]\ndata_dir = "{tmp_path / "d"}"\n')
+    result = run_arca("verify", env={**clean_environ(), "ARCA_CONFIG": str(config)})
+    assert result.returncode == 0, result.stderr
+    assert "0 instances checked" in result.stdout
+    assert (tmp_path / "d" / "index.sqlite").is_file()
