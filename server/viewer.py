@@ -58,7 +58,8 @@ def viewer_dist(settings: Settings) -> Path:
     if not (dist / "index.html").is_file():
         raise ViewerNotInstalledError(
             f"the OHIF viewer is not installed (no {dist / 'index.html'}); "
-            "run `make viewer` (npm ci in viewer/) or set http.viewer_dir to an OHIF dist/ folder"
+            "run `make viewer` (npm ci in viewer/), or point --viewer-dir / ARCA_VIEWER_DIR "
+            "at the dist/ folder of an OHIF build"
         )
     return dist
 
