@@ -10,7 +10,10 @@ Bulk data honours a single ``Range: bytes=a-b`` (RFC 9110 §14) with 206 / Conte
 
 from __future__ import annotations
 
+import asyncio
+import os
 import re
+from pathlib import Path
 from typing import Protocol
 
 from starlette.requests import Request
@@ -28,6 +31,7 @@ from dicomweb.media import (
 )
 from dicomweb.multipart import closing_delimiter, multipart_content_type, new_boundary, part_header
 from dicomweb.resources import ResourcePath, source_of
+from dicomweb.wado import INLINE_READ_BYTES
 from storage.archive import ArchiveService
 from storage.model import InstanceLocation
 from transcoding.service import TranscoderService
@@ -98,12 +102,19 @@ class FrameService:
         self, loc: InstanceLocation, numbers: list[int], target: FrameTarget
     ) -> list[bytes]:
         if not target.transcode and loc.frames is not None:
+            spans = [loc.frames[n - 1].fragments for n in numbers]
             reader = await self.archive.open_blob(loc)
             try:
+                total = sum(length for span in spans for _, length in span)
+                if reader.local_path is not None:
+                    # One file read for all spans: on the loop when small (a page-cache read
+                    # costs less than a thread hop), else in one worker thread.
+                    if total <= INLINE_READ_BYTES:
+                        return _read_spans(reader.local_path, spans)
+                    return await asyncio.to_thread(_read_spans, reader.local_path, spans)
                 parts: list[bytes] = []
-                for n in numbers:
-                    span = loc.frames[n - 1]
-                    pieces = [await reader.read_range(o, length) for o, length in span.fragments]
+                for span in spans:
+                    pieces = [await reader.read_range(o, length) for o, length in span]
                     parts.append(b"".join(pieces))
                 return parts
             finally:
@@ -140,6 +151,14 @@ class FrameService:
             media_type = multipart_content_type(OCTET_STREAM, boundary)
             return Response(body, status_code=status, media_type=media_type, headers=headers)
         return Response(data, status_code=status, media_type=OCTET_STREAM, headers=headers)
+
+
+def _read_spans(path: Path, spans: list[tuple[tuple[int, int], ...]]) -> list[bytes]:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        return [b"".join(os.pread(fd, length, offset) for offset, length in span) for span in spans]
+    finally:
+        os.close(fd)
 
 
 def _byte_range(header: str, size: int) -> tuple[int, int]:

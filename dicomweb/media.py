@@ -340,7 +340,7 @@ def negotiate_frames(
 def accepts_octet_stream(ranges: Iterable[MediaRange]) -> bool:
     """Bulk data (PS3.18 §8.7.3.3): application/octet-stream, single or multipart."""
     return any(
-        type_matches(r.part_type or OCTET_STREAM if r.is_multipart else r.type, OCTET_STREAM)
+        type_matches((r.part_type or OCTET_STREAM) if r.is_multipart else r.type, OCTET_STREAM)
         for r in ranges
     )
 
