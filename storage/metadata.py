@@ -45,9 +45,13 @@ def _vr_of_raw(ds: Dataset, raw: RawDataElement) -> str:
         except KeyError:
             vr = "UN"
     if " or " in vr:
-        # Ambiguous dictionary VRs (PS3.5 §A.1): Pixel Data is OB when encapsulated or 8-bit.
+        # Ambiguous dictionary VRs (PS3.5 §A.1): in Implicit VR Little Endian, Pixel Data
+        # (and other OB-or-OW data) is OW; with explicit VR the file says which, but a
+        # defined length for encapsulated pixel data cannot happen, so undefined → OB.
         if raw.length == UNDEFINED_LENGTH:
             return "OB"
+        if raw.is_implicit_VR:
+            return "OW"
         bits = ds.get(0x0028_0100)
         if bits is not None and bits.value is not None and int(bits.value) <= 8:
             return "OB"
