@@ -84,6 +84,8 @@ class Prefetcher:
     def request(self, study_uid: str, *, urgent: bool = False) -> bool:
         """Queue the study; False when it is already queued or running, or (for a background
         request) was prefetched within the last ``recent_seconds`` (deduplicated)."""
+        # A viewer asking for the study is an access: keeps it off the policy's LRU end.
+        self.tiers.touch(study_uid)
         if study_uid in self._pending and not (urgent and study_uid not in self._urgent):
             self.stats.requests_deduplicated += 1
             return False
