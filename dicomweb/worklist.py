@@ -160,6 +160,7 @@ async def _read_item(request: Request) -> Dataset:
         parsed = parsed[0]
     if not isinstance(parsed, dict):
         raise HttpError(400, "expected a DICOM JSON object (PS3.18 F.2)")
+    _check_json_attributes(parsed, "")
     try:
         dataset = Dataset.from_json(parsed)
         # from_json is lazy about some values; touching every element surfaces bad ones now.
@@ -172,6 +173,61 @@ async def _read_item(request: Request) -> Dataset:
     except InvalidWorklistItem as exc:
         raise HttpError(400, str(exc)) from None
     return dataset
+
+
+_VRS = frozenset(
+    {
+        "AE",
+        "AS",
+        "AT",
+        "CS",
+        "DA",
+        "DS",
+        "DT",
+        "FD",
+        "FL",
+        "IS",
+        "LO",
+        "LT",
+        "OB",
+        "OD",
+        "OF",
+        "OL",
+        "OV",
+        "OW",
+        "PN",
+        "SH",
+        "SL",
+        "SQ",
+        "SS",
+        "ST",
+        "SV",
+        "TM",
+        "UC",
+        "UI",
+        "UL",
+        "UN",
+        "UR",
+        "US",
+        "UT",
+        "UV",
+    }
+)
+
+
+def _check_json_attributes(obj: dict[str, Any], where: str) -> None:
+    """PS3.18 F.2.2/F.2.3: keys are 8 hex digits, each attribute names a valid VR."""
+    for key, attribute in obj.items():
+        path = f"{where}{key}"
+        if len(key) != 8 or any(c not in "0123456789abcdefABCDEF" for c in key):
+            raise HttpError(400, f"not a valid DICOM JSON object: {path!r} is not a tag")
+        if not isinstance(attribute, dict) or attribute.get("vr") not in _VRS:
+            raise HttpError(400, f"not a valid DICOM JSON object: {path} has no valid vr")
+        if attribute["vr"] == "SQ":
+            for index, sub in enumerate(attribute.get("Value") or []):
+                if not isinstance(sub, dict):
+                    raise HttpError(400, f"not a valid DICOM JSON object: {path} item {index}")
+                _check_json_attributes(sub, f"{path}[{index}].")
 
 
 def _item_json(item: WorklistItem) -> dict[str, Any]:

@@ -64,6 +64,15 @@ class ArcaAssociation(Association):
     move_service: MoveService | None = None
 
     def _serve_request(self, msg: Any, context_id: int) -> None:
+        try:
+            self._serve(msg, context_id)
+        finally:
+            # While arca worked on the request the peer was waiting for answers, not idle:
+            # without this a request that outlasts the network timeout (a long C-MOVE, a big
+            # C-FIND) gets its association aborted the moment it completes.
+            self.dul._idle_timer.restart()
+
+    def _serve(self, msg: Any, context_id: int) -> None:
         context = self._accepted_cx.get(context_id)
         if (
             isinstance(msg, C_MOVE)

@@ -259,6 +259,10 @@ def _columns_of(dataset: Dataset) -> dict[str, str | None]:
         raise InvalidWorklistItem(str(exc)) from None
     if "-" in date or (time and "-" in time):
         raise InvalidWorklistItem("a scheduled start date/time is one value, not a range")
+    if not _valid_date(date):
+        raise InvalidWorklistItem(f"{date!r} is not a valid DA value (YYYYMMDD)")
+    if time and not _valid_time(time):
+        raise InvalidWorklistItem(f"{time!r} is not a valid TM value (HHMMSS.FFFFFF)")
     return {
         "accession_number": _text(dataset, "AccessionNumber"),
         "patient_id": _text(dataset, "PatientID"),
@@ -271,6 +275,23 @@ def _columns_of(dataset: Dataset) -> dict[str, str | None]:
         "sps_start_time": normalize_time(time) if time else None,
         "sps_id": _text(step, "ScheduledProcedureStepID"),
     }
+
+
+def _valid_date(value: str) -> bool:
+    try:
+        dt.datetime.strptime(value, "%Y%m%d")
+    except ValueError:
+        return False
+    return True
+
+
+def _valid_time(value: str) -> bool:
+    # PS3.5 Table 6.2-1 TM: HH, HHMM, HHMMSS, HHMMSS.F{1,6}; 60 seconds allowed (leap).
+    digits = normalize_time(value)
+    if not digits.isdigit():
+        return False
+    hh, mm, ss = int(digits[0:2]), int(digits[2:4]), int(digits[4:6])
+    return hh < 24 and mm < 60 and ss < 61
 
 
 def _text(ds: Dataset, keyword: str) -> str | None:

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
@@ -111,10 +110,11 @@ def _move(node: Node, destination: str, ident: Dataset, *, aet: str = "MOVESCU")
     ae.add_requested_context(STUDY_ROOT_MOVE)
     assoc = ae.associate("127.0.0.1", node.dimse_port, ae_title="ARCA")
     assert assoc.is_established
-    try:
-        return [status for status, _ in assoc.send_c_move(ident, destination, STUDY_ROOT_MOVE)]
-    finally:
-        assoc.release()
+    statuses = [status for status, _ in assoc.send_c_move(ident, destination, STUDY_ROOT_MOVE)]
+    # The association survives the request, however long it took: released, not aborted.
+    assoc.release()
+    assert assoc.is_released and not assoc.is_aborted
+    return statuses
 
 
 def _series_identifier(series: Series) -> Dataset:
