@@ -53,14 +53,15 @@ from transcoding.service import TranscoderService
 log = logging.getLogger("arca.dicomweb.wado")
 
 CHUNK_SIZE = 1 << 20
-WHOLE_PART_BYTES = 8 << 20
-"""Parts up to this size are read whole ahead of sending; larger ones stream in chunks."""
+WHOLE_PART_BYTES = 4 << 20
+"""Parts up to this size are read whole ahead of sending (at most READ_AHEAD of them per
+request in memory); larger ones stream in CHUNK_SIZE chunks."""
 READ_AHEAD = 8
+"""Native parts fetched ahead of the one being written."""
 INLINE_READ_BYTES = 2 << 20
 """Hot-tier blobs up to this size are read on the event loop from their local path: a
 page-cache read of a few hundred KiB costs less than the thread hop of read_range, and
 a series retrieve is mostly such reads. Larger ones go through the reader's thread."""
-"""Native parts fetched ahead of the one being written."""
 
 
 class WadoService:
