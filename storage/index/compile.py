@@ -52,9 +52,14 @@ def _like_pattern(value: str) -> str:
 
 
 def _text_condition(column: ColumnClause[str], key: MatchKey, value: str) -> ColumnElement[bool]:
-    if key.kind is MatchKind.WILDCARD:
-        return column.like(_like_pattern(value), escape=_ESCAPE)
-    return column == value
+    # A backslash separates values (PS3.5 §6.4): a key with several matches any of them.
+    # None of the indexed text VRs (AE, CS, SH, LO) may contain a backslash itself.
+    values = [v for v in value.split("\\") if v] or [value]
+    wildcard = key.kind is MatchKind.WILDCARD
+    terms = [
+        column.like(_like_pattern(v), escape=_ESCAPE) if wildcard else column == v for v in values
+    ]
+    return terms[0] if len(terms) == 1 else or_(*terms)
 
 
 def _pn_condition(column: ColumnClause[str], key: MatchKey, fuzzy: bool) -> ColumnElement[bool]:

@@ -168,6 +168,13 @@ async def test_single_value(archive: Archive, corpus: Corpus) -> None:
     assert await studies(archive, key(0x0008_0050, "acc-a")) == []
 
 
+async def test_several_values_match_any(archive: Archive, corpus: Corpus) -> None:
+    assert await studies(archive, key(0x0008_0050, "ACC-A\\A%B_1")) == [corpus.a, corpus.c]
+    assert await studies(archive, key(0x0008_0050, "ACC-B\\A%*")) == [corpus.b, corpus.c]
+    series = await archive.search(Query(QueryLevel.SERIES, keys=(key(0x0008_0060, "CT\\US"),)))
+    assert len(series.matches) == 2
+
+
 async def test_pn_is_case_insensitive(archive: Archive, corpus: Corpus) -> None:
     assert await studies(archive, key(0x0010_0010, "DOE^JOHN")) == [corpus.a]
     assert await studies(archive, key(0x0010_0010, "doe^john")) == [corpus.a]
