@@ -27,7 +27,10 @@ from dicomweb.dicom_xml import json_to_xml
 from dicomweb.errors import HttpError, check_uid, stow_failure_for
 from dicomweb.media import (
     DICOM,
+    DICOM_JSON,
     DICOM_XML,
+    MetadataChoice,
+    NotAcceptable,
     negotiate_metadata,
     parse_accept,
     parse_media_type,
@@ -83,7 +86,12 @@ class StowService:
         study = request.path_params.get("study")
         if study is not None:
             check_uid(study, "StudyInstanceUID")
-        choice = negotiate_metadata(parse_accept(request.headers.get("accept")))
+        # The response format never blocks a store: an Accept this resource cannot satisfy
+        # gets DICOM JSON (RFC 9110 §12.5.1 lets a server disregard Accept).
+        try:
+            choice = negotiate_metadata(parse_accept(request.headers.get("accept")))
+        except NotAcceptable:
+            choice = MetadataChoice(DICOM_JSON)
         content_type = parse_stow_content_type(request.headers.get("content-type"))
         declared = request.headers.get("content-length")
         if declared is not None:

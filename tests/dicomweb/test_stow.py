@@ -236,3 +236,12 @@ def test_same_uid_other_bytes_is_duplicate_failure(dw: DicomwebServer) -> None:
     with dw.http() as http:
         kept = http.get(f"/studies/{inst.study}/series/{inst.series}/instances/{inst.sop}")
     assert kept.status_code == 200 and inst.data in kept.content
+
+
+def test_unsatisfiable_accept_still_stores_and_answers_json(dw: DicomwebServer) -> None:
+    pid = unique_patient()
+    inst = make_instance(CT, patient_id=pid)
+    r = post(dw, body_of(inst.data), Accept="application/dicom")
+    assert r.status_code == 200, r.text
+    assert r.headers["content-type"] == "application/dicom+json"
+    assert len(studies_of(dw, pid)) == 1
