@@ -10,11 +10,7 @@ signed by a key moto issued.
 from __future__ import annotations
 
 import json
-import os
 import socket
-import subprocess
-import sys
-import time
 from collections.abc import Iterator
 
 import boto3
@@ -22,6 +18,7 @@ import pytest
 
 from storage.cold import S3BlobStore
 from storage.errors import StoreUnavailable
+from tests.storage_tiers.conftest import moto_process
 
 
 def _free_port() -> int:
@@ -32,25 +29,7 @@ def _free_port() -> int:
 
 @pytest.fixture(scope="module")
 def authenticating_s3() -> Iterator[tuple[str, str, str, str]]:
-    port = _free_port()
-    env = dict(os.environ, INITIAL_NO_AUTH_ACTION_COUNT="4")
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    endpoint = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
-                break
-            except OSError:
-                if time.monotonic() > deadline or proc.poll() is not None:
-                    raise RuntimeError("moto server did not start") from None
-                time.sleep(0.1)
+    with moto_process({"INITIAL_NO_AUTH_ACTION_COUNT": "4"}) as endpoint:
         kw = {"endpoint_url": endpoint, "region_name": "us-east-1"}
         iam = boto3.client("iam", **kw)  # type: ignore[arg-type]
         iam.create_user(UserName="arca")
@@ -67,9 +46,6 @@ def authenticating_s3() -> Iterator[tuple[str, str, str, str]]:
         key = iam.create_access_key(UserName="arca")["AccessKey"]
         boto3.client("s3", **kw).create_bucket(Bucket="arca-auth")  # type: ignore[arg-type]
         yield endpoint, "arca-auth", key["AccessKeyId"], key["SecretAccessKey"]
-    finally:
-        proc.terminate()
-        proc.wait(timeout=10)
 
 
 async def test_wrong_credentials_fail_the_startup_check(

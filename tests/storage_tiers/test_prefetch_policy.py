@@ -3,12 +3,9 @@
 from __future__ import annotations
 
 import dataclasses
-import hashlib
-import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
-import pytest
 from sqlalchemy import update
 
 from config.settings import StorageSettings
@@ -16,7 +13,7 @@ from storage.archive import Archive, open_archive
 from storage.index.schema import studies
 from storage.model import Tier
 from storage.prefetch import Prefetcher
-from tests.storage_tiers.helpers import StoredStudy, assert_intact, ingest_series, tiers_of
+from tests.storage_tiers.helpers import assert_intact, ingest_series, tiers_of
 
 
 async def _set_last_access(archive: Archive, study_uid: str, days_ago: float) -> None:
@@ -137,56 +134,3 @@ async def test_policy_moves_old_studies_and_lru_over_the_watermark(
             await assert_intact(archive, study)
     finally:
         await archive.close()
-
-
-@pytest.mark.parametrize("backend", ["sqlite"])
-async def test_cold_retrieval_throughput_with_and_without_prefetch(
-    tiered_archive: Archive, tmp_path: Path, backend: str
-) -> None:
-    """Measured, not asserted: a 512x512 CT series of 100 slices read through the Archive."""
-    archive = tiered_archive
-    assert archive.tiers is not None and archive.prefetcher is not None
-    study = await ingest_series(archive, 100, tmp_path / "in")
-    total = 100 * study.size
-
-    async def read_series(stored: StoredStudy, *, via_metadata: bool) -> float:
-        t0 = time.perf_counter()
-        if via_metadata:
-            await archive.instance_metadata(stored.study_uid)
-        for loc in await archive.locate(stored.study_uid):
-            reader = await archive.open_blob(loc)
-            digest = hashlib.sha256()
-            async for chunk in reader.iter_chunks():
-                digest.update(chunk)
-            await reader.close()
-            assert digest.hexdigest() == stored.sha256[loc.sop_instance_uid]
-        return time.perf_counter() - t0
-
-    t0 = time.perf_counter()
-    await archive.migrate_study(study.study_uid, Tier.COLD)
-    migrate_s = time.perf_counter() - t0
-
-    hook = archive.tiers.cold_read_hook
-    archive.tiers.cold_read_hook = None  # no recall, no prefetch: every read from S3
-    cold_s = await read_series(study, via_metadata=False)
-    archive.tiers.cold_read_hook = hook
-
-    prefetch_s = await read_series(study, via_metadata=True)
-    await archive.prefetcher.wait_idle(timeout=120)
-    recall_s = time.perf_counter() - t0 - migrate_s - cold_s
-    assert set((await tiers_of(archive, study.study_uid)).values()) == {Tier.HOT}
-    hot_s = await read_series(study, via_metadata=False)
-
-    mb = total / 1e6
-    print(
-        f"\n[tiers] 100-slice CT series, {mb:.1f} MB, {archive.settings.index_url or 'sqlite'}:"
-        f"\n  migrate hot->cold (upload + read-back verify): {migrate_s:.2f} s"
-        f" ({mb / migrate_s:.0f} MB/s)"
-        f"\n  read from cold, no prefetch:   {cold_s:.2f} s ({mb / cold_s:.0f} MB/s,"
-        f" {100 / cold_s:.0f} inst/s)"
-        f"\n  read from cold, with prefetch: {prefetch_s:.2f} s ({mb / prefetch_s:.0f} MB/s,"
-        f" {100 / prefetch_s:.0f} inst/s)"
-        f"\n  whole study recalled by the prefetch: {recall_s:.2f} s after the metadata request"
-        f"\n  read again once recalled hot:  {hot_s:.2f} s ({mb / hot_s:.0f} MB/s,"
-        f" {100 / hot_s:.0f} inst/s)"
-    )
