@@ -183,3 +183,37 @@ def test_json_results_parse_as_datasets(dw: DicomwebServer, study: list[Instance
     ds = Dataset.from_json(found[0])
     assert ds.PatientID == study[0].ds.PatientID
     assert str(ds.PatientName) == "Quiddo^Alice"
+
+
+@pytest.mark.parametrize(
+    "params",
+    [
+        {"StudyDate": "-20240101"},
+        {"StudyTime": "1200-1300"},
+        {"PatientName": ""},
+        {"AccessionNumber": "*"},
+        {"PatientID": "?abc*"},
+        {"ModalitiesInStudy": "CT\\MR"},
+        {"ReferencedSeriesSequence.SeriesInstanceUID": "1.2.3"},
+        {"00400275.00401001": "X"},
+        {"includefield": "all"},
+        {"includefield": "00100010,ZZZZ"},
+        {"limit": "0"},
+        {"offset": "100000"},
+        {"0010001": "x"},
+        {"ZZZZZZZZ": "x"},
+        {"0020000D": ""},
+        {"PatientBirthDate": "19700101-"},
+        {"StudyDescription": "héllo wörld"},
+    ],
+)
+def test_odd_queries_never_fail_the_server(dw: DicomwebServer, params: dict[str, str]) -> None:
+    with dw.http() as http:
+        for level in ("/studies", "/series", "/instances"):
+            r = http.get(level, params=params)
+            assert r.status_code in (200, 400), (level, params, r.status_code, r.text)
+            body = r.json()
+            if r.status_code == 400:
+                assert body["status"] == 400 and body["error"]
+            else:
+                assert isinstance(body, list)
