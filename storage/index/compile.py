@@ -223,7 +223,7 @@ def compile_query(query: Query) -> CompiledQuery:
         if level in (A.SERIES, A.IMAGE):
             statement = statement.add_columns(series.c.series_uid)
         if level == A.IMAGE:
-            statement = statement.add_columns(instances.c.sop_uid)
+            statement = statement.add_columns(instances.c.sop_uid, instances.c.tier)
     statement = statement.select_from(source)
 
     unsupported: list[int] = []

@@ -167,6 +167,23 @@ def _person_name(value: Any) -> str:
     return "=".join(groups).rstrip("=")
 
 
+async def _nearline(conn: AsyncConnection, level: str, ids: list[int]) -> set[int]:
+    """Studies / series of the page with at least one instance on the cold tier."""
+    if not ids:
+        return set()
+    if level == A.SERIES:
+        statement = select(instances.c.series_pk).where(
+            instances.c.series_pk.in_(ids), instances.c.tier == "cold"
+        )
+    else:
+        statement = (
+            select(series.c.study_pk)
+            .select_from(instances.join(series, instances.c.series_pk == series.c.id))
+            .where(series.c.study_pk.in_(ids), instances.c.tier == "cold")
+        )
+    return {int(pk) for pk in (await conn.execute(statement.distinct())).scalars()}
+
+
 def _empty_element(tag: int) -> DataElement | None:
     try:
         vr = str(dictionary_VR(tag))
@@ -203,6 +220,7 @@ async def render_rows(
     else:
         computed = {}
 
+    nearline = await _nearline(conn, level, ids) if level in (A.STUDY, A.SERIES) else set()
     results: list[Dataset] = []
     parsed: dict[str, dict[str, Any]] = {}  # rows of one study share its JSON text
     for row in rows:
@@ -236,7 +254,9 @@ async def render_rows(
         for tag, value in computed.get(int(row.id), {}).items():
             ds.add(_computed_element(tag, value))
         if A.INSTANCE_AVAILABILITY in tags and level != A.PATIENT:
-            ds.add(DataElement(A.INSTANCE_AVAILABILITY, "CS", "ONLINE"))
+            # PS3.3 C.4.23.1.1: NEARLINE = retrievable after a delay (the cold tier).
+            cold = row.tier == "cold" if level == A.IMAGE else int(row.id) in nearline
+            ds.add(DataElement(A.INSTANCE_AVAILABILITY, "CS", "NEARLINE" if cold else "ONLINE"))
         for tag in forced:
             if tag not in ds and tag not in _NOT_RENDERED:
                 empty = _empty_element(tag)

@@ -403,3 +403,37 @@ async def test_integer_keys(archive: Archive, corpus: Corpus) -> None:
     assert [ds.SeriesInstanceUID for ds in series.matches] == [corpus.a_mr]
     with pytest.raises(InvalidQuery):
         await archive.search(Query(QueryLevel.IMAGE, keys=(key(0x0020_0013, "two"),)))
+
+
+async def test_instance_availability_follows_the_tier(archive: Archive, corpus: Corpus) -> None:
+    from sqlalchemy import update
+
+    from storage.index.schema import instances
+
+    for level in (QueryLevel.STUDY, QueryLevel.SERIES, QueryLevel.IMAGE):
+        result = await archive.search(
+            Query(level, keys=(key(0x0020_000D, corpus.c),), include=frozenset({0x0008_0056}))
+        )
+        assert [ds.InstanceAvailability for ds in result.matches] == ["ONLINE"]
+    # The cold tier's migration flips the tier column; pretend it moved study C.
+    engine = archive._write  # the index itself; no cold store is needed to read availability
+    rows = await archive.locate(corpus.c)
+    async with engine.begin() as conn:
+        await conn.execute(
+            update(instances)
+            .where(instances.c.sop_uid == rows[0].sop_instance_uid)
+            .values(tier="cold")
+        )
+    try:
+        for level in (QueryLevel.STUDY, QueryLevel.SERIES, QueryLevel.IMAGE):
+            result = await archive.search(
+                Query(level, keys=(key(0x0020_000D, corpus.c),), include=frozenset({0x0008_0056}))
+            )
+            assert [ds.InstanceAvailability for ds in result.matches] == ["NEARLINE"]
+    finally:
+        async with engine.begin() as conn:
+            await conn.execute(
+                update(instances)
+                .where(instances.c.sop_uid == rows[0].sop_instance_uid)
+                .values(tier="hot")
+            )
