@@ -245,3 +245,26 @@ def test_unsatisfiable_accept_still_stores_and_answers_json(dw: DicomwebServer) 
     assert r.status_code == 200, r.text
     assert r.headers["content-type"] == "application/dicom+json"
     assert len(studies_of(dw, pid)) == 1
+
+
+def test_quoted_boundary_with_odd_characters_and_empty_body(dw: DicomwebServer) -> None:
+    pid = unique_patient()
+    inst = make_instance(CT, patient_id=pid)
+    boundary = "a b:c=d'(e)+_,-./?"
+    data = (
+        f"preamble\r\n--{boundary}\r\nContent-Type: application/dicom\r\n\r\n".encode()
+        + inst.data
+        + f"\r\n--{boundary}--".encode()
+    )
+    with dw.http() as http:
+        r = http.post(
+            "/studies",
+            content=data,
+            headers={
+                "Content-Type": f'multipart/related; type=application/dicom; boundary="{boundary}"'
+            },
+        )
+        empty = http.post("/studies", content=b"", headers={"Content-Type": CONTENT_TYPE})
+    assert r.status_code == 200, r.text
+    assert empty.status_code == 400 and "boundary" in empty.json()["error"]
+    assert len(studies_of(dw, pid)) == 1

@@ -469,3 +469,31 @@ def test_large_instance_streams_and_serves_frames(dw: DicomwebServer) -> None:
     assert part == data
     [(_, frame)] = multipart_parts(last.content, last.headers["content-type"])
     assert frame == big[-1].tobytes()
+
+
+@pytest.mark.parametrize(
+    ("suffix", "accept"),
+    [
+        ("", ";;;,,,"),
+        ("", "multipart/related; type="),
+        ("", "*/*; q=abc"),
+        ("", 'multipart/related; type="application/dicom"; transfer-syntax=9.9.9'),
+        ("/frames/1,,2", None),
+        ("/frames/99999999999999999999", None),
+        ("/frames/1", 'multipart/related; type="image/bogus"'),
+        ("/rendered?viewport=0,0", None),
+        ("/rendered?viewport=a", None),
+        ("/rendered?window=1,0", None),
+        ("/metadata", "multipart/related; type=application/dicom"),
+        ("/bulkdata/", None),
+    ],
+)
+def test_odd_retrieve_requests_never_fail_the_server(
+    dw: DicomwebServer, stored: dict[str, Instance], suffix: str, accept: str | None
+) -> None:
+    headers = {"Accept": accept} if accept is not None else {}
+    with dw.http() as http:
+        r = http.get(url(stored["mf"]) + suffix, headers=headers)
+    assert r.status_code < 500, (suffix, accept, r.status_code, r.text)
+    if r.status_code >= 400:
+        assert r.json()["status"] == r.status_code
