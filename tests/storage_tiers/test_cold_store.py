@@ -122,3 +122,17 @@ def test_bad_url() -> None:
         S3BlobStore("/tmp/not-s3")
     with pytest.raises(ValueError):
         S3BlobStore("s3:///prefix-only")
+
+
+async def test_large_blob_goes_up_in_parts_and_reads_back_identical(
+    cold: S3BlobStore, tmp_path: Path
+) -> None:
+    # Over the 8 MB part size: a multipart upload (whole-slide images, long cine loops).
+    payload = os.urandom(17 * 1024 * 1024 + 5)
+    source = tmp_path / "big.dcm"
+    source.write_bytes(payload)
+    await cold.put_file(KEY, source)
+    assert await cold.sha256(KEY) == hashlib.sha256(payload).hexdigest()
+    reader = await cold.open(KEY, expected_sha256=hashlib.sha256(payload).hexdigest())
+    assert await reader.read_range(9 * 1024 * 1024, 10) == payload[9 * 1024 * 1024 :][:10]
+    await reader.close()
