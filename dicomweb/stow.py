@@ -11,6 +11,7 @@ warnings, 409 none stored, 400 malformed body, 413 too large, 415 unsupported me
 from __future__ import annotations
 
 import asyncio
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -145,16 +146,28 @@ class StowService:
         )
 
     async def _store_part(self, part: Part, study: str | None) -> IngestOutcome | _Failure:
-        cls, inst = _peek_uids(part.path)
         part_type = parse_media_type(part.content_type or DICOM)[0]
         if part_type != DICOM:
             note = f"part Content-Type {part_type} is not {DICOM}"
-            return _Failure(StowFailure.CANNOT_UNDERSTAND, note, cls, inst)
+            return _Failure(StowFailure.CANNOT_UNDERSTAND, note, *_peek_uids(part.path))
+        # ingest consumes the file; a second name keeps the bytes for naming the instance in
+        # FailedSOPSequence, so the header is parsed again only when the store fails.
+        keep = part.path.with_name(part.path.name + ".keep")
+        try:
+            os.link(part.path, keep)
+        except OSError:
+            keep = part.path
+            uids: tuple[str | None, str | None] | None = _peek_uids(part.path)
+        else:
+            uids = None
         try:
             return await self.archive.ingest(part.path, expected_study_uid=study)
         except Exception as exc:  # translated per instance into a FailureReason
             reason, message = stow_failure_for(exc)
-            return _Failure(reason, message, cls, inst)
+            return _Failure(reason, message, *(uids or _peek_uids(keep)))
+        finally:
+            if keep != part.path:
+                keep.unlink(missing_ok=True)
 
     @staticmethod
     def _response_dataset(
