@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import hashlib
 import io
 from collections.abc import AsyncIterator
@@ -25,7 +26,13 @@ from config.settings import OverwritePolicy, StorageSettings
 from conformance.statuses import StowFailure
 from storage.blobs import BlobReader, BlobStore
 from storage.cold import S3BlobStore
-from storage.errors import DuplicateInstance, NotFound, StorageError, StoreUnavailable
+from storage.errors import (
+    DuplicateInstance,
+    NotFound,
+    OutOfResources,
+    StorageError,
+    StoreUnavailable,
+)
 from storage.hot import HotFilesystemStore
 from storage.index import engine, repository
 from storage.ingest import Analysis, analyze, remove_quietly
@@ -385,7 +392,20 @@ class Archive:
         except StorageError:
             raise
         except (DBAPIError, SQLAlchemyError, OSError) as exc:
-            raise StoreUnavailable(f"index unavailable: {exc}") from exc
+            raise index_error(exc) from exc
+
+
+def index_error(exc: Exception) -> StorageError:
+    """A database driver error in the storage tree: a full disk is OutOfResources (SQLite
+    SQLITE_FULL, PostgreSQL SQLSTATE 53100 disk_full / 53200 out_of_memory), the rest
+    StoreUnavailable."""
+    original = getattr(exc, "orig", None) or exc
+    text = str(original)
+    sqlstate = getattr(original, "sqlstate", None) or getattr(original, "pgcode", None)
+    no_space = isinstance(original, OSError) and original.errno in (errno.ENOSPC, errno.EDQUOT)
+    if no_space or "database or disk is full" in text or sqlstate in ("53100", "53200"):
+        return OutOfResources(f"index out of space: {text}")
+    return StoreUnavailable(f"index unavailable: {text}")
 
 
 async def _sha256_of(store: BlobStore, key: str) -> str:
@@ -418,7 +438,7 @@ async def open_archive(settings: StorageSettings, *, bulkdata_threshold: int = 1
         await write_engine.dispose()
         if read_engine is not write_engine:
             await read_engine.dispose()
-        raise StoreUnavailable(f"index unavailable: {exc}") from exc
+        raise index_error(exc) from exc
     hot = HotFilesystemStore(settings.data_dir / "hot")
     cold = None
     if settings.cold_store:
@@ -447,4 +467,4 @@ async def upgrade_index(settings: StorageSettings) -> None:
     try:
         await engine.upgrade_index(settings)
     except (DBAPIError, SQLAlchemyError, OSError) as exc:
-        raise StoreUnavailable(f"index unavailable: {exc}") from exc
+        raise index_error(exc) from exc

@@ -487,3 +487,19 @@ async def test_unreadable_incoming_file_is_a_storage_error(
 
     with pytest.raises(StoreUnavailable):
         await archive.ingest(tmp_path / "does-not-exist.dcm")
+
+
+def test_index_errors_map_to_storage_errors() -> None:
+    import sqlite3
+
+    from sqlalchemy.exc import OperationalError
+
+    from storage.archive import index_error
+    from storage.errors import StoreUnavailable
+
+    full = OperationalError("INSERT", {}, sqlite3.OperationalError("database or disk is full"))
+    assert isinstance(index_error(full), OutOfResources)
+    locked = OperationalError("INSERT", {}, sqlite3.OperationalError("database is locked"))
+    assert isinstance(index_error(locked), StoreUnavailable)
+    assert isinstance(index_error(OSError(errno.ENOSPC, "full")), OutOfResources)
+    assert isinstance(index_error(ConnectionRefusedError(111, "refused")), StoreUnavailable)

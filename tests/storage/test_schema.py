@@ -133,3 +133,18 @@ async def test_unreachable_database_is_store_unavailable(tmp_path: Path, backend
     )
     with pytest.raises(StoreUnavailable):
         await open_archive(settings)
+
+
+def test_every_required_matching_key_is_indexed() -> None:
+    """PS3.18 Table 10.6.1-5 / PS3.4 C.6 required keys all have a column (or are computed /
+    sequence-matched) at their level or above: none can end up as an unsupported key."""
+    from conformance import attributes as A
+    from storage.index.schema import MATCH_COLUMNS, REQUEST_ATTRIBUTES_SEQUENCE
+
+    for level, tags in A.REQUIRED_MATCHING_KEYS.items():
+        for tag in tags:
+            column = MATCH_COLUMNS.get(tag)
+            if column is not None:
+                assert column.level in A.levels_up_to(level), (level, f"{tag:08X}")
+                continue
+            assert tag in A.COMPUTED[level] or tag == REQUEST_ATTRIBUTES_SEQUENCE, f"{tag:08X}"
