@@ -106,6 +106,8 @@ class DimseServer:
         # arca's own policy decides calling/called AE titles (dimse.acceptor).
         ae.require_called_aet = False
         ae.require_calling_aet = []
+        # make_server + our own thread is start_server(block=False) with one difference:
+        # start_server cannot pass the request handler that applies arca's AE policy.
         server = ae.make_server(
             (dimse.host, dimse.port),
             contexts=supported_contexts(),

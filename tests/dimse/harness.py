@@ -45,6 +45,7 @@ class Node:
     accept_unknown: str = "loopback"
     network_timeout: float = 5.0
     ae_title: str = "ARCA"
+    max_associations: int = 32
     settings: Settings = field(init=False)
     dimse_port: int = 0
     http_port: int = 0
@@ -69,6 +70,7 @@ class Node:
                 remote_aes=self.remote_aes,
                 accept_unknown_calling_aes=self.accept_unknown,
                 network_timeout=self.network_timeout,
+                max_associations=self.max_associations,
             ),
             storage=StorageSettings(data_dir=self.data_dir),
             transcoding=TranscodingSettings(workers=1),

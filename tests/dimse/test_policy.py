@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -18,18 +19,25 @@ from tests.dimse.harness import Node
 STUDY_ROOT_FIND = "1.2.840.10008.5.1.4.1.2.2.1"
 WORKLIST_FIND = "1.2.840.10008.5.1.4.31"
 CT_IMAGE_STORAGE = "1.2.840.10008.5.1.4.1.1.2"
+STUDY_ROOT_GET = "1.2.840.10008.5.1.4.1.2.2.3"
 
 
 @pytest.fixture(scope="module")
 def strict(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Node]:
-    """accept_unknown_calling_aes = never; KNOWN may do everything, VIEWONLY nothing."""
+    """accept_unknown_calling_aes = never; KNOWN may do everything, VIEWONLY nothing; at most
+    two associations at once."""
     remote = (
         RemoteAE("KNOWN", "127.0.0.1", 104),
         RemoteAE(
             "VIEWONLY", "127.0.0.1", 104, may_store=False, may_query=False, may_retrieve=False
         ),
     )
-    node = Node(tmp_path_factory.mktemp("policy") / "data", remote, accept_unknown="never").start()
+    node = Node(
+        tmp_path_factory.mktemp("policy") / "data",
+        remote,
+        accept_unknown="never",
+        max_associations=2,
+    ).start()
     yield node
     node.stop()
 
@@ -61,7 +69,9 @@ def _associate(node: Node, aet: str, *contexts: str) -> AE:
 
 
 def test_known_ae_without_permissions_gets_not_authorized(strict: Node, tmp_path: Path) -> None:
-    ae = _associate(strict, "VIEWONLY", STUDY_ROOT_FIND, WORKLIST_FIND, CT_IMAGE_STORAGE)
+    ae = _associate(
+        strict, "VIEWONLY", STUDY_ROOT_FIND, WORKLIST_FIND, CT_IMAGE_STORAGE, STUDY_ROOT_GET
+    )
     assoc = ae.associate("127.0.0.1", strict.dimse_port, ae_title="ARCA")
     assert assoc.is_established
     try:
@@ -77,12 +87,17 @@ def test_known_ae_without_permissions_gets_not_authorized(strict: Node, tmp_path
 
         ds = pydicom.dcmread(series.paths[0])
         store = int(assoc.send_c_store(ds).Status)
+        get_ident = Dataset()
+        get_ident.QueryRetrieveLevel = "STUDY"
+        get_ident.StudyInstanceUID = series.study_uid
+        get = [int(s.Status) for s, _ in assoc.send_c_get(get_ident, STUDY_ROOT_GET)]
     finally:
         assoc.release()
     # PS3.7 C.4.19: Refused, not authorized.
     assert find == [0x0124]
     assert worklist == [0x0124]
     assert store == 0x0124
+    assert get[-1] == 0x0124
     assert qido(strict.dicomweb, "instances", SOPInstanceUID=series.sop_instance_uids[0]) == []
 
 
@@ -125,3 +140,27 @@ def test_permissions_and_move_destinations() -> None:
     assert policy.move_destination("STRANGER") is None
     with pytest.raises(ValueError, match="always, never or loopback"):
         AePolicy(DimseSettings(accept_unknown_calling_aes="sometimes"))
+
+
+def test_association_limit(strict: Node) -> None:
+    """max_associations = 2: a third concurrent association is rejected-transient, local
+    limit exceeded (PS3.8 Table 9-21); once one is released, the next is accepted."""
+    ae = _associate(strict, "KNOWN", "1.2.840.10008.1.1")
+    held = [ae.associate("127.0.0.1", strict.dimse_port, ae_title="ARCA") for _ in range(2)]
+    try:
+        assert all(a.is_established for a in held)
+        done = dcmtk(
+            "echoscu", "-aet", "KNOWN", "-aec", "ARCA", "127.0.0.1", str(strict.dimse_port)
+        )
+        assert done.returncode != 0
+        assert "Rejected Transient" in done.stderr
+        assert "Local Limit Exceeded" in done.stderr
+    finally:
+        for assoc in held:
+            assoc.release()
+    assert strict.dimse is not None
+    deadline = time.monotonic() + 10
+    while strict.dimse.active_associations and time.monotonic() < deadline:
+        time.sleep(0.02)
+    done = dcmtk("echoscu", "-aet", "KNOWN", "-aec", "ARCA", "127.0.0.1", str(strict.dimse_port))
+    assert done.returncode == 0, done.stderr
