@@ -36,6 +36,19 @@ SKIPPED_NAMES = frozenset({"DICOMDIR"})
 """PS3.10 media directories index a file set; they are not instances to store."""
 
 
+def data_dir_problem(settings: Settings) -> str | None:
+    """Why the data folder cannot be used (created if missing), or None when it can."""
+    data = settings.storage.data_dir
+    try:
+        data.mkdir(parents=True, exist_ok=True)
+        fd, probe = tempfile.mkstemp(prefix=".arca-write-check-", dir=data)
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as exc:
+        return f"cannot use the data folder {data}: {exc.strerror or exc}"
+    return None
+
+
 @dataclass
 class ImportSummary:
     """What ``arca import`` did with every file it found."""
@@ -145,6 +158,10 @@ async def _import_one(archive: Archive, source: Path, copy: Path, summary: Impor
 
 def run_import(settings: Settings, paths: list[Path], *, progress: bool = True) -> int:
     """``arca import``: exit status 0 when nothing was rejected, 1 otherwise."""
+    problem = data_dir_problem(settings)
+    if problem:
+        sys.stderr.write(f"arca import: {problem}\n")
+        return 2
     try:
         summary = asyncio.run(import_files(settings, paths, progress=progress))
     except FileNotFoundError as exc:
@@ -188,6 +205,10 @@ def run_verify(settings: Settings, study_uid: str | None) -> int:
         )
         return 0 if report.ok else 1
 
+    problem = data_dir_problem(settings)
+    if problem:
+        sys.stderr.write(f"arca verify: {problem}\n")
+        return 2
     try:
         return asyncio.run(verify())
     except StorageError as exc:

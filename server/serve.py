@@ -8,6 +8,7 @@ import uvicorn
 
 from config.settings import Settings
 from server.app import create_app
+from server.commands import data_dir_problem
 from server.viewer import ViewerNotInstalledError, viewer_dist
 
 log = logging.getLogger("arca.server")
@@ -18,6 +19,10 @@ GRACEFUL_SHUTDOWN_SECONDS = 15
 
 def serve(settings: Settings) -> int:
     """Serve until a signal stops the server; the process exit status."""
+    problem = data_dir_problem(settings)
+    if problem:
+        log.error("arca cannot start: %s", problem)
+        return 2
     if settings.http.viewer:
         try:
             viewer_dist(settings)

@@ -66,3 +66,13 @@ def test_arca_config_environment_variable_names_the_file(tmp_path: Path) -> None
     assert result.returncode == 0, result.stderr
     assert "0 instances checked" in result.stdout
     assert (tmp_path / "d" / "index.sqlite").is_file()
+
+
+def test_an_unusable_data_folder_is_a_clear_error(tmp_path: Path) -> None:
+    blocker = tmp_path / "file"
+    blocker.write_text("not a folder")
+    for args in (("serve", "--http-port", "1", "--dimse-port", "2"), ("import", str(tmp_path))):
+        result = run_arca(*args, "--data", str(blocker / "data"))
+        assert result.returncode == 2, result.stderr
+        assert f"cannot use the data folder {blocker / 'data'}" in result.stderr
+        assert "Traceback" not in result.stderr
