@@ -1,5 +1,6 @@
 """multipart/related (RFC 2387 over RFC 2046 §5.1) for DICOMweb: a streaming parser that
-spools request parts to files, and a writer that streams response parts as they come.
+spools request parts to files, and the delimiters responses are written with (the services
+stream parts themselves, each as soon as it is ready).
 
 The parser never holds the body in memory: it keeps at most one read chunk plus a delimiter's
 length of look-behind, writes part bodies straight to temporary files in the spool directory,
@@ -10,7 +11,7 @@ from __future__ import annotations
 
 import os
 import tempfile
-from collections.abc import AsyncIterable, AsyncIterator
+from collections.abc import AsyncIterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import BinaryIO
@@ -223,8 +224,9 @@ def new_boundary() -> str:
 
 
 def part_header(boundary: str, content_type: str, extra: dict[str, str] | None = None) -> bytes:
-    """The delimiter and headers that open a part (the first part's has no leading CRLF
-    issue: a CRLF before the first delimiter is a harmless empty preamble)."""
+    """The delimiter and headers that open a part. Every part's delimiter starts with CRLF
+    (RFC 2046 §5.1.1 makes it part of the delimiter); before the first part that CRLF reads
+    as an empty preamble, which every parser accepts."""
     lines = [f"\r\n--{boundary}", f"Content-Type: {content_type}"]
     if extra:
         lines += [f"{k}: {v}" for k, v in extra.items()]
@@ -239,29 +241,3 @@ def multipart_content_type(part_type: str, boundary: str, **params: str) -> str:
     """``multipart/related; type="..."; boundary=...`` for a response (PS3.18 §8.7.3.1)."""
     extra = "".join(f"; {k.replace('_', '-')}={v}" for k, v in params.items())
     return f'multipart/related; type="{part_type}"{extra}; boundary={boundary}'
-
-
-async def write_multipart(
-    parts: AsyncIterable[tuple[str, AsyncIterable[bytes] | bytes]], boundary: str
-) -> AsyncIterator[bytes]:
-    """Stream ``(content_type, body)`` parts as one multipart body, each as soon as it comes.
-
-    A part's header is sent together with its first chunk so small parts cost one write.
-    """
-    async for content_type, body in parts:
-        head = part_header(boundary, content_type)
-        if isinstance(body, bytes):
-            yield head + body
-            continue
-        first = True
-        async for chunk in body:
-            if first:
-                yield head + chunk if len(chunk) < 65536 else head
-                if len(chunk) >= 65536:
-                    yield chunk
-                first = False
-            else:
-                yield chunk
-        if first:
-            yield head
-    yield closing_delimiter(boundary)
