@@ -188,6 +188,15 @@ class ArcaProcess:
         except FileNotFoundError:
             return ""
 
+    def wait_for_log(self, text: str, timeout: float = 15.0) -> str:
+        """The log once it contains ``text`` (lines are written after responses are sent)."""
+        deadline = time.monotonic() + timeout
+        while True:
+            log = self.log_text()
+            if text in log or time.monotonic() > deadline:
+                return log
+            time.sleep(0.05)
+
     def log_tail(self, lines: int = 200) -> str:
         return "\n".join(self.log_text().splitlines()[-lines:])
 

@@ -15,6 +15,8 @@ from starlette.routing import Route
 
 from server.middleware import LastResortErrors
 from tests.conftest import ArcaProcess, StartArca, clean_environ, free_port, run_arca
+from tests.data import small_ct
+from tests.system.http import stow
 
 ORIGIN = "http://viewer.example:3000"
 
@@ -120,3 +122,18 @@ async def test_last_resort_handler_logs_trace_and_hides_it(
     assert "secret" not in r.text
     assert "unhandled error in GET /boom" in caplog.text
     assert "RuntimeError: secret internal detail" in caplog.text  # the traceback is logged
+
+
+def test_access_log_is_quiet_for_reads_and_loud_for_writes_and_errors(
+    arca_server: ArcaProcess,
+) -> None:
+    data = small_ct()
+    with httpx.Client(timeout=60) as client:
+        assert client.get(arca_server.base_url + "/health").status_code == 200
+        assert stow(client, arca_server.dicomweb_url, [data]).status_code == 200
+        assert client.get(arca_server.dicomweb_url + "/studies/1.2.3.999").status_code == 404
+    # Access lines are written once a response is sent: wait for the last one.
+    log = arca_server.wait_for_log('"GET /dicom-web/studies/1.2.3.999" 404')
+    assert '"POST /dicom-web/studies" 200' in log
+    assert '"GET /dicom-web/studies/1.2.3.999" 404' in log
+    assert '"GET /health"' not in log  # successful reads are logged at DEBUG only
