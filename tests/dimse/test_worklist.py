@@ -231,3 +231,23 @@ def test_invalid_items_are_refused(
     assert rsp.status_code == status, rsp.text
     assert reason in rsp.json()["error"]
     assert _count(node) == before
+
+
+def test_keys_without_matching_support_answer_pending_warning(node: Node) -> None:
+    """PS3.4 C.4.1.1.4: 0xFF01 when optional keys were not matched on; items still match on
+    the keys that are supported."""
+    from pynetdicom import AE
+
+    create(node, item(patient_id="WLW1", accession="WACC1"))
+    ae = AE(ae_title="MWLSCU")
+    ae.add_requested_context("1.2.840.10008.5.1.4.31")
+    assoc = ae.associate("127.0.0.1", node.dimse_port, ae_title="ARCA")
+    assert assoc.is_established
+    ident = Dataset()
+    ident.AccessionNumber = "WACC1"
+    ident.PatientSex = "F"  # no column: not matched on
+    ident.PatientID = ""
+    responses = [(int(s.Status), d) for s, d in assoc.send_c_find(ident, "1.2.840.10008.5.1.4.31")]
+    assoc.release()
+    assert [status for status, _ in responses] == [0xFF01, 0x0000]
+    assert responses[0][1].PatientID == "WLW1"
