@@ -90,12 +90,15 @@ class FrameService:
         numbers = parse_frame_list(request.path_params["frames"], loc.number_of_frames)
         can_encode = self.transcoder.can_encode if self.transcoder else None
         target = negotiate_frames(ranges, loc.transfer_syntax_uid, can_encode)
-        if not target.multipart and len(numbers) > 1:
+        # One frame goes single part unless the client asked for multipart; several frames
+        # need multipart/related (PS3.18 §8.7.3.3), which a wildcard Accept allows.
+        multipart = target.multipart or len(numbers) > 1
+        if multipart and not target.multipart_ok:
             raise NotAcceptable("several frames are sent as multipart/related only")
         parts = await self._frame_bytes(loc, numbers, target)
         part_type = f"{target.media_type}; transfer-syntax={target.transfer_syntax}"
         return _single_or_multipart(
-            parts, part_type, target.multipart, transfer_syntax=target.transfer_syntax
+            parts, part_type, multipart, transfer_syntax=target.transfer_syntax
         )
 
     async def _frame_bytes(

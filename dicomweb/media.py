@@ -255,6 +255,8 @@ class FrameTarget:
     transcode: bool
     """False: the stored fragments / bytes are sent as they are."""
     multipart: bool
+    multipart_ok: bool = True
+    """A multipart body is acceptable too (wildcard ranges such as ``*/*`` allow both)."""
 
 
 @dataclass(frozen=True)
@@ -279,6 +281,10 @@ def _frame_options(ranges: Iterable[MediaRange]) -> list[_FrameOption]:
             syntax = None if star or not uid else uid
             options.append(_FrameOption(media_type, syntax, star, multipart))
     return options
+
+
+def _multipart_ok(opt: _FrameOption) -> bool:
+    return opt.multipart or opt.media_type in ("*/*", "*")
 
 
 def _stored_fits(opt: _FrameOption, stored_syntax: str, stored_media: str) -> bool:
@@ -319,7 +325,7 @@ def negotiate_frames(
         if _stored_fits(opt, stored_syntax, stored_media):
             media_type = OCTET_STREAM if opt.media_type == OCTET_STREAM else stored_media
             syntax = EXPLICIT_VR_LITTLE_ENDIAN if native else stored_syntax
-            return FrameTarget(media_type, syntax, transcode=False, multipart=opt.multipart)
+            return FrameTarget(media_type, syntax, False, opt.multipart, _multipart_ok(opt))
     reason = f"frames are stored as {stored_media} (transfer syntax {stored_syntax})"
     if can_encode is None:
         raise NotAcceptable(reason + " and no transcoder is configured to convert them")
@@ -328,12 +334,14 @@ def negotiate_frames(
         if "*" in media_type:
             media_type = OCTET_STREAM if media_type in ("*/*", "application/*") else media_type
         if media_type == OCTET_STREAM and opt.syntax in (None, EXPLICIT_VR_LITTLE_ENDIAN):
-            return FrameTarget(OCTET_STREAM, EXPLICIT_VR_LITTLE_ENDIAN, True, opt.multipart)
+            return FrameTarget(
+                OCTET_STREAM, EXPLICIT_VR_LITTLE_ENDIAN, True, opt.multipart, _multipart_ok(opt)
+            )
         wanted = opt.syntax or DEFAULT_SYNTAX_FOR_MEDIA_TYPE.get(media_type, "")
         ts = TRANSFER_SYNTAXES.get(wanted)
         if ts is None or ts.frame_media_type != media_type or not can_encode(ts.uid):
             continue
-        return FrameTarget(media_type, ts.uid, True, opt.multipart)
+        return FrameTarget(media_type, ts.uid, True, opt.multipart, _multipart_ok(opt))
     raise NotAcceptable(reason + "; no acceptable media type can be produced from them")
 
 

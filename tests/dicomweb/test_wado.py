@@ -497,3 +497,30 @@ def test_odd_retrieve_requests_never_fail_the_server(
     assert r.status_code < 500, (suffix, accept, r.status_code, r.text)
     if r.status_code >= 400:
         assert r.json()["status"] == r.status_code
+
+
+def test_rle_frames_as_stored_and_decoded(dw: DicomwebServer) -> None:
+    rle = make_instance("emri_small_RLE.dcm", patient_id=unique_patient())
+    dw.client().store_instances([rle.ds])
+    expected = list(generate_frames(rle.ds.PixelData, number_of_frames=10))
+    with dw.http() as http:
+        stored_form = http.get(f"{url(rle)}/frames/7", headers={"Accept": "*/*"})
+        several = http.get(f"{url(rle)}/frames/1,2", headers={"Accept": "*/*"})
+        native = http.get(
+            f"{url(rle)}/frames/7",
+            headers={"Accept": 'multipart/related; type="application/octet-stream"'},
+        )
+    assert stored_form.status_code == 200, stored_form.text
+    # */* and one frame: single part, in the stored syntax's media type
+    assert stored_form.headers["content-type"].startswith("image/dicom-rle; transfer-syntax=")
+    assert stored_form.content == expected[6]
+    assert [p for _, p in multipart_parts(several.content, several.headers["content-type"])] == (
+        expected[:2]
+    )
+    [(_, pixels)] = multipart_parts(native.content, native.headers["content-type"])
+    assert (
+        pixels
+        == rle.ds.pixel_array[6]
+        .astype("<u2" if not rle.ds.PixelRepresentation else "<i2")
+        .tobytes()
+    )
