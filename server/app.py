@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import importlib.metadata
 import logging
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -36,7 +37,7 @@ from transcoding.pool import Transcoder
 
 log = logging.getLogger("arca.server")
 
-VERSION = "0.1.0"
+VERSION = importlib.metadata.version("arca")
 
 # What a browser viewer (OHIF, ...) sends and must be allowed to read (Fetch standard, CORS).
 CORS_ALLOW_HEADERS = ["Accept", "Content-Type", "Range", "Authorization", "If-None-Match"]
@@ -48,7 +49,8 @@ def describe_index(settings: Settings) -> str:
     """The index in a few words for logs and /health, without credentials."""
     url = settings.storage.resolved_index_url
     if url.startswith("postgresql"):
-        host_db = url.split("@", 1)[-1].split("://", 1)[-1]
+        # Neither the user info (password) nor the query (may carry one too) is shown.
+        host_db = url.split("?", 1)[0].split("@", 1)[-1].split("://", 1)[-1]
         return f"PostgreSQL index at {host_db}"
     return "SQLite index"
 

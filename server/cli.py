@@ -7,6 +7,7 @@ Every option can also come from an ``ARCA_*`` environment variable or a TOML fil
 from __future__ import annotations
 
 import argparse
+import importlib.metadata
 import logging
 import os
 import sys
@@ -100,6 +101,9 @@ def build_parser() -> argparse.ArgumentParser:
         description="arca: a DICOMweb (QIDO-RS, WADO-RS, STOW-RS) and DIMSE imaging archive.",
         epilog=EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument(
+        "--version", action="version", version=f"arca {importlib.metadata.version('arca')}"
     )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
 

@@ -7,6 +7,8 @@ from pathlib import Path
 
 import pytest
 
+from config.loader import load_settings
+from server.app import describe_index, startup_line
 from tests.conftest import ROOT, clean_environ, run_arca
 
 
@@ -76,3 +78,17 @@ def test_an_unusable_data_folder_is_a_clear_error(tmp_path: Path) -> None:
         assert result.returncode == 2, result.stderr
         assert f"cannot use the data folder {blocker / 'data'}" in result.stderr
         assert "Traceback" not in result.stderr
+
+
+def test_version() -> None:
+    result = run_arca("--version")
+    assert result.returncode == 0
+    assert result.stdout.startswith("arca ")
+
+
+def test_the_index_password_is_never_shown() -> None:
+    settings = load_settings(
+        {"index": "postgresql://arca:s3cret@db.example:5432/arca?password=s3cret"}, {}, None
+    )
+    assert describe_index(settings) == "PostgreSQL index at db.example:5432/arca"
+    assert "s3cret" not in startup_line(settings, dimse_running=True)
