@@ -270,3 +270,71 @@ def test_move_transcodes_when_the_destination_refuses_the_stored_syntax(
     got = pydicom.dcmread(__import__("io").BytesIO(received[str(source.SOPInstanceUID)]))
     assert not got.file_meta.TransferSyntaxUID.is_compressed
     assert (got.pixel_array == source.pixel_array).all()
+
+
+def test_get_at_patient_level_through_patient_root(
+    node: Node, series: Series, tmp_path: Path
+) -> None:
+    out_dir = tmp_path / "get"
+    out_dir.mkdir()
+    done = dcmtk(
+        "getscu",
+        "-P",
+        "-aet",
+        "GETSCU",
+        "-aec",
+        "ARCA",
+        "-k",
+        "QueryRetrieveLevel=PATIENT",
+        "-k",
+        f"PatientID={series.patient_id}",
+        "-od",
+        str(out_dir),
+        "127.0.0.1",
+        str(node.dimse_port),
+    )
+    assert done.returncode == 0, done.stderr
+    assert sorted(_received(out_dir)) == sorted(series.sop_instance_uids)
+
+
+def test_get_cancel_stops_before_the_next_sub_operation(node: Node, series: Series) -> None:
+    """The requestor cancels while answering the second C-STORE sub-operation; the C-CANCEL
+    reaches arca before that answer, so no third sub-operation starts (PS3.4 C.4.3.3)."""
+    from pynetdicom import build_role
+
+    received: list[str] = []
+    holder: dict[str, object] = {}
+
+    def handle_store(event: evt.Event) -> int:
+        received.append(str(event.request.AffectedSOPInstanceUID))
+        if len(received) == 2:
+            assoc = holder["assoc"]
+            assoc.send_c_cancel(11, holder["cx_id"])  # type: ignore[attr-defined]
+        return 0x0000
+
+    ae = AE(ae_title="GETSCU")
+    ae.add_requested_context("1.2.840.10008.5.1.4.1.2.2.3")
+    ae.add_requested_context("1.2.840.10008.5.1.4.1.1.2")
+    role = build_role("1.2.840.10008.5.1.4.1.1.2", scp_role=True)
+    assoc = ae.associate(
+        "127.0.0.1",
+        node.dimse_port,
+        ae_title="ARCA",
+        ext_neg=[role],
+        evt_handlers=[(evt.EVT_C_STORE, handle_store)],
+    )
+    assert assoc.is_established
+    holder["assoc"] = assoc
+    holder["cx_id"] = next(
+        cx.context_id
+        for cx in assoc.accepted_contexts
+        if cx.abstract_syntax == "1.2.840.10008.5.1.4.1.2.2.3"
+    )
+    ident = _series_identifier(series)
+    statuses = [s for s, _ in assoc.send_c_get(ident, "1.2.840.10008.5.1.4.1.2.2.3", msg_id=11)]
+    assoc.release()
+    final = statuses[-1]
+    assert int(final.Status) == 0xFE00
+    assert final.NumberOfCompletedSuboperations == 2
+    assert final.NumberOfRemainingSuboperations == len(series) - 2
+    assert len(received) == 2
