@@ -351,19 +351,33 @@ def plot(figs: dict[str, Figure], path: Path) -> bool:
     rows = [f for f in rows if f.cell(ARCA).median or f.cell(ORTHANC).median]
     if not rows:
         return False
+    positive = [v for f in rows for c in f.cells.values() if (v := c.median)]
+    lo = min([*positive, 1.0]) / 2
     fig, ax = plt.subplots(figsize=(11, 0.55 * len(rows) + 1.5))
     ys = range(len(rows))
     for offset, server, color in ((-0.2, ARCA, "#1f77b4"), (0.2, ORTHANC, "#ff7f0e")):
         vals = [f.cell(server).median or 0 for f in rows]
         bars = ax.barh([y + offset for y in ys], vals, height=0.38, label=server, color=color)
-        for bar, v in zip(bars, vals, strict=True):
+        for bar, v, f in zip(bars, vals, rows, strict=True):
+            errors = f.cell(server).errors
+            if not v and errors:
+                what = "crashed" if any("CRASHED" in e for e in errors) else "failed"
+                ax.text(
+                    lo * 1.1,
+                    bar.get_y() + bar.get_height() / 2,
+                    f" {server}: {what}",
+                    va="center",
+                    fontsize=7,
+                    color=color,
+                )
             if v:
                 ax.text(
-                    v, bar.get_y() + bar.get_height() / 2, f" {v:,.0f}", va="center", fontsize=7
+                    v, bar.get_y() + bar.get_height() / 2, f" {_fmt(v)}", va="center", fontsize=7
                 )
     ax.set_yticks(list(ys), [f"{f.label} ({f.unit})" for f in rows], fontsize=8)
     ax.invert_yaxis()
     ax.set_xscale("log")
+    ax.set_xlim(left=lo)
     ax.set_xlabel("per second (log scale), median")
     ax.legend()
     ax.set_title("arca vs Orthanc: throughput per scenario")

@@ -1,7 +1,9 @@
 """The benchmark harness in a tiny mode: real servers, real clients, every output written.
 
 ``python -m bench.run`` with 5 instances and one repetition against arca (and Orthanc when
-Debian's package is installed; the test never installs it), plus the multipart part counter
+Debian's package is installed; the test never installs it) over the ingest, retrieve,
+frames, metadata and QIDO scenarios (the remote-site, streaming and C-MOVE scenarios are
+left to ``make bench``: they need root or take longer), plus the multipart part counter
 the throughput figures rely on, checked against a body whose delimiters straddle reads.
 """
 
@@ -41,7 +43,7 @@ def test_harness_tiny_run_measures_every_http_figure(tmp_path: Path) -> None:
             "--servers",
             servers,
             "--only",
-            "stow,cstore,wado,frames,metadata,qido,cmove,stream",
+            "stow,cstore,wado,frames,metadata,qido",
             "--out",
             str(tmp_path / "results"),
             "--work",
@@ -64,9 +66,9 @@ def test_harness_tiny_run_measures_every_http_figure(tmp_path: Path) -> None:
     if "orthanc" in servers:
         assert figures["wado_native"]["servers"]["orthanc"]["median"] > 0
         assert figures["wado_native"]["ratio_arca_over_orthanc"] is not None
-    # The streaming figure retrieved the whole study (4 series x 5 + 1 series x 5 instances).
-    stream = figures["stream_rss"]["servers"]["arca"]["samples"][0]["extra"]
-    assert stream["images_per_s"] > 0
+    # DIMSE figures are either measured or their failure is recorded, never silently absent.
+    cstore = figures["cstore"]["servers"]["arca"]
+    assert cstore["samples"] or cstore["errors"]
     table = (latest / "results.md").read_text()
     assert "| figure | unit | arca |" in table
     assert "WADO-RS series, stored syntax" in table
