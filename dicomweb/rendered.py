@@ -3,7 +3,8 @@
 Rendered images are consumer formats (image/jpeg default, image/png, image/gif). At the study
 and series level arca renders one representative instance (the middle one of the first
 series with pixel data) instead of every instance: viewers ask those levels only for
-previews. Thumbnails are the same rendering fitted into THUMBNAIL_SIZE.
+previews. Thumbnails are the same rendering fitted into THUMBNAIL_SIZE (or the viewport
+the client names).
 """
 
 from __future__ import annotations
@@ -91,7 +92,8 @@ class RenderedService:
         media_type = negotiate_rendered(parse_accept(accept))
         params = parse_render_params(query, media_type)
         if thumbnail:
-            params = RenderParams(media_type, params.quality, THUMBNAIL_SIZE, params.window)
+            viewport = params.viewport or THUMBNAIL_SIZE
+            params = RenderParams(media_type, params.quality, viewport, params.window)
         locations = await self.archive.locate(path.study, path.series, path.instance)
         loc = _representative(locations)
         frame: int | None = None

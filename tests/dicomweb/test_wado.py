@@ -272,6 +272,7 @@ def test_rendered_params_frames_thumbnails(dw: DicomwebServer, stored: dict[str,
             http.get(f"{url(mf)}/frames/1/thumbnail"),
         ]
         study_rendered = http.get(f"/studies/{ct.study}/rendered")
+        sized_thumb = http.get(f"{url(ct)}/thumbnail", params={"viewport": "32,32"})
         bad = http.get(f"{url(ct)}/rendered", params={"window": "wide"})
         bad_q = http.get(f"{url(ct)}/rendered", params={"quality": "101"})
     assert small.status_code == 200, small.text
@@ -282,6 +283,7 @@ def test_rendered_params_frames_thumbnails(dw: DicomwebServer, stored: dict[str,
         w, h = Image.open(io.BytesIO(t.content)).size
         assert max(w, h) <= 128
     assert study_rendered.status_code == 200
+    assert Image.open(io.BytesIO(sized_thumb.content)).size == (32, 32)
     assert bad.status_code == 400 and "window" in bad.json()["error"]
     assert bad_q.status_code == 400 and "quality" in bad_q.json()["error"]
 
