@@ -340,6 +340,11 @@ def _columns(ds: Dataset) -> dict[str, dict[str, Any]]:
             "patient_sex": _text(ds, 0x0010_0040),
         },
         STUDY: {
+            "patient_id": _text(ds, 0x0010_0020),
+            "patient_name": patient_name,
+            "patient_name_norm": normalize_pn(patient_name),
+            "patient_birth_date": _date(ds, 0x0010_0030),
+            "patient_sex": _text(ds, 0x0010_0040),
             "study_date": _date(ds, 0x0008_0020),
             "study_time": _time(ds, 0x0008_0030),
             "accession_number": _text(ds, 0x0008_0050),

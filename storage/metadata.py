@@ -114,7 +114,11 @@ def split_levels(meta: JsonDict) -> dict[str, JsonDict]:
             for level_attrs in levels.values():
                 level_attrs[key] = value
             continue
-        levels[level_of_tag(tag)][key] = value
+        level = level_of_tag(tag)
+        levels[level][key] = value
+        if level == PATIENT:
+            # Each study keeps the patient attributes it arrived with (Study Root view).
+            levels[STUDY][key] = value
     return levels
 
 

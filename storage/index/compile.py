@@ -24,6 +24,7 @@ from storage.index.schema import (
     MATCH_COLUMNS,
     REQUEST_ATTRIBUTES_SEQUENCE,
     REQUEST_ITEM_COLUMNS,
+    STUDY_PATIENT_COLUMNS,
     ColumnKind,
     instances,
     patients,
@@ -231,6 +232,8 @@ def compile_query(query: Query) -> CompiledQuery:
     for key in query.keys:
         term: ColumnElement[bool] | None
         target = MATCH_COLUMNS.get(key.tag)
+        if level != A.PATIENT and key.tag in STUDY_PATIENT_COLUMNS:
+            target = STUDY_PATIENT_COLUMNS[key.tag]
         if target is not None and target.level in levels:
             term = column_condition(
                 _column(target.level, target.column, target.kind), target.kind, key, query.fuzzy

@@ -61,6 +61,14 @@ studies = Table(
     Column("referring_physician_name", Text),
     Column("referring_physician_name_norm", Text),
     Column("study_description", Text),
+    # The study's own copy of the patient attributes it arrived with (migration 0002): study,
+    # series and instance queries match these, so studies of different patients that share
+    # a PatientID (or have none) never match on another patient's name.
+    Column("patient_id", Text),
+    Column("patient_name", Text),
+    Column("patient_name_norm", Text),
+    Column("patient_birth_date", Text),
+    Column("patient_sex", Text),
     Column("attributes_json", Text, nullable=False),
     Column("created_at", String(32), nullable=False),
     Column("last_access_at", String(32)),
@@ -69,6 +77,8 @@ Index("ix_studies_patient_pk", studies.c.patient_pk)
 Index("ix_studies_date_time", studies.c.study_date, studies.c.study_time)
 Index("ix_studies_accession", studies.c.accession_number)
 Index("ix_studies_study_id", studies.c.study_id)
+Index("ix_studies_patient_id", studies.c.patient_id)
+Index("ix_studies_patient_name_norm", studies.c.patient_name_norm)
 
 series = Table(
     "series",
@@ -212,6 +222,14 @@ MATCH_COLUMNS: dict[int, MatchColumn] = {
     0x0008_002A: MatchColumn("IMAGE", "acquisition_datetime", ColumnKind.DATETIME),
 }
 """Attribute tag → the column that matches it."""
+
+STUDY_PATIENT_COLUMNS: dict[int, MatchColumn] = {
+    0x0010_0020: MatchColumn("STUDY", "patient_id", ColumnKind.TEXT),
+    0x0010_0010: MatchColumn("STUDY", "patient_name", ColumnKind.PN),
+    0x0010_0030: MatchColumn("STUDY", "patient_birth_date", ColumnKind.DATE),
+    0x0010_0040: MatchColumn("STUDY", "patient_sex", ColumnKind.TEXT),
+}
+"""Patient attributes as each study recorded them: used by queries below the PATIENT level."""
 
 REQUEST_ATTRIBUTES_SEQUENCE = 0x0040_0275
 REQUEST_ITEM_COLUMNS: dict[int, MatchColumn] = {

@@ -29,6 +29,8 @@ class Corpus:
     a_ct: str
     a_mr: str
     b_mr: str
+    d: str = ""
+    """Another study of PatientID P1 under another name (and no StudyTime)."""
 
 
 # One corpus per backend for the whole module: the tests only read it.
@@ -130,9 +132,22 @@ async def _ingest_corpus(archive: Archive, tmp_path: Path) -> Corpus:
             modality="US",
         )
     )
+    d = generate_uid()
+    datasets.append(
+        make_dataset(
+            study=d,
+            patient_id="P1",
+            patient_name="Roe^Richard",
+            study_date="19990101",
+            study_time="",
+            accession="OTHER",
+            modality="OT",
+            ReferringPhysicianName="",
+        )
+    )
     for ds in datasets:
         await archive.ingest(write(ds, tmp_path / "corpus"))
-    return Corpus(a, b, c, a_ct, a_mr, b_mr)
+    return Corpus(a, b, c, a_ct, a_mr, b_mr, d)
 
 
 def key(tag: int, value: str) -> MatchKey:
@@ -148,15 +163,32 @@ async def test_universal_returns_everything_in_stable_order(
     archive: Archive, corpus: Corpus
 ) -> None:
     # Newest first, by StudyDate then StudyTime.
-    assert await studies(archive) == [corpus.b, corpus.a, corpus.c]
-    assert await studies(archive, key(0x0010_0010, "")) == [corpus.b, corpus.a, corpus.c]
-    assert await studies(archive, key(0x0010_0010, "*")) == [corpus.b, corpus.a, corpus.c]
+    everything = [corpus.b, corpus.a, corpus.c, corpus.d]
+    assert await studies(archive) == everything
+    assert await studies(archive, key(0x0010_0010, "")) == everything
+    assert await studies(archive, key(0x0010_0010, "*")) == everything
+
+
+async def test_patient_attributes_are_matched_per_study(archive: Archive, corpus: Corpus) -> None:
+    # Study D shares PatientID P1 with study A but names another person: the patients row
+    # is shared, yet a study search by name must find only the study that carries it.
+    assert await studies(archive, key(0x0010_0010, "Roe^Richard")) == [corpus.d]
+    assert await studies(archive, key(0x0010_0010, "Doe^John")) == [corpus.a]
+    assert await studies(archive, key(0x0010_0020, "P1")) == [corpus.a, corpus.d]
+    names = {
+        ds.StudyInstanceUID: str(ds.PatientName)
+        for ds in (await archive.search(Query(QueryLevel.STUDY))).matches
+    }
+    assert names[corpus.a] == "Doe^John" and names[corpus.d] == "Roe^Richard"
+    series = await archive.search(Query(QueryLevel.SERIES, keys=(key(0x0010_0010, "roe*"),)))
+    assert [ds.StudyInstanceUID for ds in series.matches] == [corpus.d]
 
 
 async def test_limit_and_offset(archive: Archive, corpus: Corpus) -> None:
     assert await studies(archive, limit=2) == [corpus.b, corpus.a]
     assert await studies(archive, limit=2, offset=1) == [corpus.a, corpus.c]
-    assert await studies(archive, offset=3) == []
+    assert await studies(archive, limit=2, offset=3) == [corpus.d]
+    assert await studies(archive, offset=4) == []
 
 
 async def test_single_value(archive: Archive, corpus: Corpus) -> None:
@@ -212,7 +244,8 @@ async def test_fuzzy_pn(archive: Archive, corpus: Corpus) -> None:
 async def test_date_ranges(archive: Archive, corpus: Corpus) -> None:
     assert await studies(archive, key(0x0008_0020, "20240101-20240201")) == [corpus.a]
     assert await studies(archive, key(0x0008_0020, "20240101-")) == [corpus.b, corpus.a]
-    assert await studies(archive, key(0x0008_0020, "-20231231")) == [corpus.c]
+    assert await studies(archive, key(0x0008_0020, "-20231231")) == [corpus.c, corpus.d]
+    assert await studies(archive, key(0x0008_0020, "20000101-20231231")) == [corpus.c]
     assert await studies(archive, key(0x0008_0020, "20240115-20240115")) == [corpus.a]
 
 
@@ -290,10 +323,10 @@ async def test_computed_attributes(archive: Archive, corpus: Corpus) -> None:
         )
     )
     [patient] = patients.matches
-    assert patient.PatientName == "Doe^John"
-    assert patient.NumberOfPatientRelatedStudies == 1
-    assert patient.NumberOfPatientRelatedSeries == 2
-    assert patient.NumberOfPatientRelatedInstances == 5
+    assert patient.PatientName == "Doe^John"  # the first study named the patient row
+    assert patient.NumberOfPatientRelatedStudies == 2
+    assert patient.NumberOfPatientRelatedSeries == 3
+    assert patient.NumberOfPatientRelatedInstances == 6
 
 
 async def test_modalities_in_study_matching(archive: Archive, corpus: Corpus) -> None:
@@ -374,7 +407,7 @@ async def test_unsupported_keys_are_reported_and_ignored(archive: Archive, corpu
         Query(QueryLevel.STUDY, keys=(key(PATIENT_COMMENTS, "anything"), key(0x0010_1000, "")))
     )
     assert result.unsupported_keys == (PATIENT_COMMENTS,)
-    assert len(result.matches) == 3
+    assert len(result.matches) == 4
     # A universal key of an unindexed attribute is a return key: present, empty here.
     assert all(0x0010_1000 in ds for ds in result.matches)
     # Series attributes are not matching keys of the study level.

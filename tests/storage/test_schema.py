@@ -148,3 +148,50 @@ def test_every_required_matching_key_is_indexed() -> None:
                 assert column.level in A.levels_up_to(level), (level, f"{tag:08X}")
                 continue
             assert tag in A.COMPUTED[level] or tag == REQUEST_ATTRIBUTES_SEQUENCE, f"{tag:08X}"
+
+
+async def test_0002_backfills_study_patient_columns(storage_settings: StorageSettings) -> None:
+    """An index created at revision 0001, with data, upgrades in place."""
+    eng = engine.create_engine(storage_settings.resolved_index_url, immediate=True)
+    try:
+
+        def to_0001(sync_conn):  # type: ignore[no-untyped-def]
+            from alembic import command
+
+            metadata.drop_all(sync_conn)
+            sync_conn.exec_driver_sql("DROP TABLE IF EXISTS alembic_version")
+            command.upgrade(engine._alembic_config(sync_conn), "0001")
+
+        async with eng.connect() as conn:
+            await conn.run_sync(to_0001)
+            await conn.commit()
+        async with eng.begin() as conn:
+            await conn.execute(
+                text(
+                    "INSERT INTO patients (id, patient_id, issuer_of_patient_id, patient_name, "
+                    "patient_name_norm, attributes_json, created_at) "
+                    "VALUES (1, 'P9', '', 'Old^Name', 'OLD^NAME', '{}', 'x')"
+                )
+            )
+            await conn.execute(
+                text(
+                    "INSERT INTO studies (id, study_uid, patient_pk, attributes_json, created_at) "
+                    "VALUES (1, '1.2.3', 1, '{}', 'x')"
+                )
+            )
+        await engine.upgrade_engine(eng)
+        async with eng.connect() as conn:
+            row = (
+                await conn.execute(
+                    text("SELECT patient_id, patient_name_norm FROM studies WHERE id = 1")
+                )
+            ).one()
+            assert tuple(row) == ("P9", "OLD^NAME")
+            version = (await conn.execute(text("SELECT version_num FROM alembic_version"))).scalar()
+            assert version == "0002"
+    finally:
+        # Leave an empty index behind for the module's other tests.
+        async with eng.begin() as conn:
+            await conn.execute(text("DELETE FROM studies"))
+            await conn.execute(text("DELETE FROM patients"))
+        await eng.dispose()
