@@ -503,3 +503,23 @@ def test_index_errors_map_to_storage_errors() -> None:
     assert isinstance(index_error(locked), StoreUnavailable)
     assert isinstance(index_error(OSError(errno.ENOSPC, "full")), OutOfResources)
     assert isinstance(index_error(ConnectionRefusedError(111, "refused")), StoreUnavailable)
+
+
+async def test_index_failure_after_blob_write_leaves_nothing(
+    archive: Archive, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """INJECTED: the index transaction fails after the blob is durable (as when the
+    database goes away); the blob no row names is removed and nothing is visible."""
+    from storage.errors import StoreUnavailable
+    from storage.index import repository
+
+    async def broken(*_args: object, **_kwargs: object) -> bool:
+        raise StoreUnavailable("injected: database went away")
+
+    monkeypatch.setattr(repository, "insert_instance", broken)
+    ds = make_dataset()
+    with pytest.raises(StoreUnavailable):
+        await archive.ingest(write(ds, tmp_path))
+    monkeypatch.undo()
+    await _nothing_stored(archive)
+    assert (await archive.verify()).orphans == []
