@@ -249,13 +249,11 @@ class Archive:
 
     async def _forget_blob(self, key: str) -> None:
         """Remove a blob we wrote but did not index, unless some index row names it."""
-        try:
+        with contextlib.suppress(StorageError):  # if this fails, verify reports the orphan
             async with self._db(self._read) as conn:
                 named = await repository.blob_is_named(conn, key)
             if not named:
                 await self.hot.delete(key)
-        except StorageError:
-            pass  # verify reports the orphan
 
     async def _delete_blob(self, tier: str, key: str) -> None:
         with contextlib.suppress(StorageError):

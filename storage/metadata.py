@@ -17,7 +17,6 @@ element's length is enough, so a 2 GB multi-frame object costs no more than its 
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 from typing import Any
 
 from pydicom.datadict import dictionary_VR
@@ -126,21 +125,22 @@ def dumps(obj: Any) -> str:
     return json.dumps(obj, separators=(",", ":"), ensure_ascii=False)
 
 
-def parse_bulkdata_path(path: str) -> list[int | str]:
-    """Validate a bulk data path; returns alternating tag ints and item indexes (as int)."""
+def parse_bulkdata_path(path: str) -> list[tuple[int, int | None]]:
+    """Validate a bulk data path: [(tag, item index or None for the last step), ...]."""
     parts = path.strip("/").split("/")
     if len(parts) % 2 != 1:
         raise ValueError(f"bad bulk data path {path!r}")
-    steps: list[int | str] = []
-    for i, part in enumerate(parts):
-        if i % 2 == 0:
-            if len(part) != 8:
-                raise ValueError(f"bad tag {part!r} in bulk data path")
-            steps.append(int(part, 16))
-        else:
-            if not part.isdigit():
-                raise ValueError(f"bad item index {part!r} in bulk data path")
-            steps.append(str(int(part)))
+    steps: list[tuple[int, int | None]] = []
+    for i in range(0, len(parts), 2):
+        tag_text = parts[i]
+        if len(tag_text) != 8 or any(c not in "0123456789abcdefABCDEF" for c in tag_text):
+            raise ValueError(f"bad tag {tag_text!r} in bulk data path")
+        index: int | None = None
+        if i + 1 < len(parts):
+            if not parts[i + 1].isdigit():
+                raise ValueError(f"bad item index {parts[i + 1]!r} in bulk data path")
+            index = int(parts[i + 1])
+        steps.append((int(tag_text, 16), index))
     return steps
 
 
@@ -151,19 +151,16 @@ def resolve_bulkdata(ds: Dataset, path: str) -> bytes:
     except ValueError as exc:
         raise KeyError(str(exc)) from exc
     current: Dataset = ds
-    walk: Iterator[int | str] = iter(steps)
-    for step in walk:
-        assert isinstance(step, int)
-        if step not in current:
-            raise KeyError(f"no element {step:08X}")
-        elem = current[step]
-        index = next(walk, None)
+    for tag, index in steps:
+        if tag not in current:
+            raise KeyError(f"no element {tag:08X}")
+        elem = current[tag]
         if index is None:
             if elem.VR not in BINARY_VRS or elem.value is None:
-                raise KeyError(f"{step:08X} is not bulk data")
+                raise KeyError(f"{tag:08X} is not bulk data")
             return bytes(elem.value)
         items = elem.value if elem.VR == "SQ" else None
-        if not items or int(index) >= len(items):
-            raise KeyError(f"no item {index} in {step:08X}")
-        current = items[int(index)]
+        if not items or index >= len(items):
+            raise KeyError(f"no item {index} in {tag:08X}")
+        current = items[index]
     raise KeyError("empty bulk data path")
