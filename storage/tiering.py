@@ -286,8 +286,45 @@ class TierManager:
             location.blob_key, expected_sha256=location.sha256
         )
         if self.cold_read_hook is not None:
+            # Recall is on: keep what the client streams, then ask for the rest of the study.
+            reader = _KeepingReader(reader, self, location)
             reader = self.cold_read_hook(location.study_uid, reader)
         return reader
+
+    async def keep_streamed_copy(self, location: InstanceLocation, spooled: Path) -> None:
+        """Make a verified, fully streamed cold blob (in ``spooled``) the hot copy: put it on
+        the hot tier, flip the row, delete the cold copy (the same steps as a recall, so the
+        same crash safety). The spooled file is consumed."""
+        try:
+            async with self._default_limiter.slot():
+                await self._keep(location, spooled)
+        except StorageError as exc:
+            log.warning("could not keep the streamed copy of %s: %s", location.blob_key, exc)
+        finally:
+            await asyncio.to_thread(spooled.unlink, True)
+
+    async def _keep(self, location: InstanceLocation, spooled: Path) -> None:
+        if not await self.hot.exists(location.blob_key):
+            await self.hot.put_file(location.blob_key, spooled)
+        async with self._db(self._read) as conn:
+            found = (
+                await conn.execute(
+                    select(
+                        instances.c.id,
+                        instances.c.sop_uid,
+                        instances.c.blob_key,
+                        instances.c.sha256,
+                        instances.c.size,
+                        instances.c.tier,
+                    ).where(
+                        instances.c.sop_uid == location.sop_instance_uid,
+                        instances.c.blob_key == location.blob_key,
+                    )
+                )
+            ).one_or_none()
+        if found is not None:
+            flipped = await self._flip([_Row(*found)], Tier.HOT)
+            await self._delete_sources(flipped, Tier.HOT)
 
     async def study_blobs(self, study_uid: str) -> list[tuple[str, int, Tier]]:
         """(blob key, size, tier) of the study's instances in retrieve order."""
@@ -415,6 +452,10 @@ class TierManager:
             raise CorruptBlob(f"cold copy of {row.blob_key} does not match its SHA-256")
 
     async def _copy_to_hot(self, row: _Row) -> None:
+        if await self.hot.exists(row.blob_key):
+            # Already there (a client's cold read kept its bytes, or a crash left the copy):
+            # hot copies are complete and were verified before they were written.
+            return
         await asyncio.to_thread(self.spool_dir.mkdir, parents=True, exist_ok=True)
         spooled = await self.cold.download(
             row.blob_key, self._spool_path(row), expected_sha256=row.sha256
@@ -617,6 +658,58 @@ class TierManager:
             raise StoreUnavailable(f"index unavailable: {exc}") from exc
 
 
+class _KeepingReader:
+    """A cold BlobReader that spools what it streams; once a whole blob has been read and
+    passed its SHA-256 check, the spooled bytes become the hot copy in the background, so
+    the recall of the study does not download that blob again."""
+
+    def __init__(self, inner: BlobReader, tiers: TierManager, location: InstanceLocation) -> None:
+        self._inner = inner
+        self._tiers = tiers
+        self._location = location
+        self.size = inner.size
+        self.local_path: Path | None = None
+
+    async def read_range(self, offset: int, length: int) -> bytes:
+        return await self._inner.read_range(offset, length)
+
+    async def read_all(self) -> bytes:
+        data = await self._inner.read_all()  # raises CorruptBlob before returning bad bytes
+        spooled = self._spool_path()
+        await asyncio.to_thread(_write_file, spooled, data)
+        self._tiers._spawn(self._tiers.keep_streamed_copy(self._location, spooled))
+        return data
+
+    async def iter_chunks(self, chunk_size: int = 1 << 20) -> AsyncIterator[bytes]:
+        spooled = self._spool_path()
+        fh = await asyncio.to_thread(open, spooled, "wb")
+        complete = False
+        try:
+            # The inner reader holds its last chunk back until the whole blob hashed right.
+            async for chunk in self._inner.iter_chunks(chunk_size):
+                await asyncio.to_thread(fh.write, chunk)
+                yield chunk
+            complete = True
+        finally:
+            await asyncio.to_thread(fh.close)
+            if complete:
+                self._tiers._spawn(self._tiers.keep_streamed_copy(self._location, spooled))
+            else:
+                await asyncio.to_thread(spooled.unlink, True)
+
+    async def close(self) -> None:
+        await self._inner.close()
+
+    def _spool_path(self) -> Path:
+        self._tiers.spool_dir.mkdir(parents=True, exist_ok=True)
+        return self._tiers.spool_dir / f"arca-cold-read-{os.urandom(8).hex()}.part"
+
+
+def _write_file(path: Path, data: bytes) -> None:
+    with open(path, "wb") as fh:
+        fh.write(data)
+
+
 def _mtime(path: Path) -> float | None:
     try:
         return path.stat().st_mtime
@@ -628,7 +721,7 @@ def _clean_spool(spool: Path, horizon: float) -> int:
     removed = 0
     if not spool.is_dir():
         return 0
-    for entry in spool.glob("arca-cold-*.part"):
+    for entry in spool.glob("arca-cold-*.part"):  # recall downloads and kept client reads
         with contextlib.suppress(FileNotFoundError):
             if entry.stat().st_mtime <= horizon:
                 entry.unlink()

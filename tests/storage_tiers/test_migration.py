@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 from pathlib import Path
 
@@ -263,3 +264,45 @@ async def test_status_and_result_texts(tiered_archive: Archive, tmp_path: Path) 
     text = (await tiered_archive.tier_status()).describe()
     assert text.splitlines()[0] == "hot:  0 instances, 0 bytes"
     assert text.splitlines()[1].startswith("cold: 2 instances, ")
+
+
+async def test_a_complete_verified_cold_read_becomes_the_hot_copy(
+    tiered_archive: Archive, tmp_path: Path, moto_s3: MotoS3, bucket: str
+) -> None:
+    archive = tiered_archive
+    assert archive.tiers is not None
+    study = await ingest_series(archive, 3, tmp_path / "in")
+    await archive.migrate_study(study.study_uid, Tier.COLD)
+    archive.tiers.cold_read_hook = lambda _study, reader: reader  # keep reads, no recall
+    full, partial, corrupt = await archive.locate(study.study_uid)
+
+    reader = await archive.open_blob(full)
+    streamed = b"".join([c async for c in reader.iter_chunks(64 * 1024)])
+    await reader.close()
+    assert hashlib.sha256(streamed).hexdigest() == full.sha256
+
+    reader = await archive.open_blob(partial)
+    async for _ in reader.iter_chunks(64 * 1024):
+        break  # the client went away: nothing to keep
+    await reader.close()
+
+    s3 = boto3.client("s3", endpoint_url=moto_s3.endpoint, region_name="us-east-1")
+    s3.put_object(Bucket=bucket, Key=f"cold/{corrupt.blob_key}", Body=b"garbage")
+    reader = await archive.open_blob(corrupt)
+    with pytest.raises(CorruptBlob):
+        await reader.read_all()
+    await reader.close()
+
+    for _ in range(200):  # the kept copy is put hot and flipped in the background
+        if (await tiers_of(archive, study.study_uid))[full.sop_instance_uid] is Tier.HOT:
+            break
+        await asyncio.sleep(0.05)
+    tiers = await tiers_of(archive, study.study_uid)
+    assert tiers == {
+        full.sop_instance_uid: Tier.HOT,
+        partial.sop_instance_uid: Tier.COLD,
+        corrupt.sop_instance_uid: Tier.COLD,
+    }
+    assert (await copies(archive, study.study_uid))[full.sop_instance_uid] == (True, False)
+    assert not await archive.hot.exists(corrupt.blob_key)
+    assert not list((archive.settings.data_dir / "spool").glob("*.part"))
