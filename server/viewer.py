@@ -131,7 +131,7 @@ def app_config_js(public_url: str, dicomweb_root: str) -> str:
       }},
     ],
     httpErrorHandler: function (error) {{
-      console.warn('arca: DICOMweb request failed', error && error.status);
+      console.warn('arca: a DICOMweb request or an image decode failed', error && error.status);
     }},
   }};
 }})();

@@ -12,6 +12,7 @@ import base64
 import io
 import re
 import time
+from collections.abc import Collection
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -34,10 +35,26 @@ VIEWPORT = {"width": 1280, "height": 900}
 SCREENSHOTS = Path("/tmp/arca-viewer")
 
 # OHIF's first-visit tour and its "investigational use" banner cover parts of the viewport;
-# mark them as seen, as a returning user's browser would have.
+# mark them as seen, as a returning user's browser would have. Then, as soon as OHIF has set
+# up cornerstone (OHIF 3 exposes it as window.cornerstone), record every image that failed
+# to load, with the loader's error: that is where a decoder's complaint ends up.
 INIT_SCRIPT = """
 localStorage.setItem('shownTours', JSON.stringify(['basicViewerTour']));
 sessionStorage.setItem('investigationalUseDialog', 'hidden');
+window.__arcaLoadFailures = [];
+const __arcaWatch = setInterval(() => {
+  const cs = window.cornerstone;
+  if (!cs || !cs.eventTarget || !cs.EVENTS) return;
+  clearInterval(__arcaWatch);
+  cs.eventTarget.addEventListener(cs.EVENTS.IMAGE_LOAD_FAILED, event => {
+    const detail = event.detail || {};
+    const error = detail.error;
+    window.__arcaLoadFailures.push({
+      imageId: String(detail.imageId || ''),
+      error: String(error && (error.message || error.error || JSON.stringify(error))),
+    });
+  });
+}, 10);
 """
 
 # Every enabled cornerstone viewport: the image it shows and its canvas as PNG.
@@ -64,6 +81,10 @@ class NetworkLog:
     def attach(self, page: Any) -> None:
         page.on("response", self._on_response)
         page.on("requestfailed", self._on_failed)
+
+    def detach(self, page: Any) -> None:
+        page.remove_listener("response", self._on_response)
+        page.remove_listener("requestfailed", self._on_failed)
 
     def _on_response(self, response: Any) -> None:
         if not response.url.startswith(self.origin):
@@ -98,6 +119,12 @@ class ViewportImage:
     grey: np.ndarray
 
 
+def load_failures(page: Any) -> list[dict[str, str]]:
+    """Images cornerstone reported as failed to load (IMAGE_LOAD_FAILED), oldest first."""
+    failures: list[dict[str, str]] = page.evaluate("window.__arcaLoadFailures || []")
+    return failures
+
+
 def viewport_images(page: Any) -> list[ViewportImage]:
     out = []
     for item in page.evaluate(_VIEWPORTS_JS):
@@ -110,10 +137,22 @@ def viewport_images(page: Any) -> list[ViewportImage]:
     return out
 
 
+def navigate_in_app(page: Any, path: str) -> None:
+    """Go to ``path`` inside the running app, as OHIF's own links do (history.pushState and
+    the router's popstate), without loading and starting the 30 MB app again."""
+    page.evaluate(
+        """path => {
+          window.history.pushState({}, '', path);
+          window.dispatchEvent(new PopStateEvent('popstate', {state: {}}));
+        }""",
+        path,
+    )
+
+
 def wait_for_painted(
-    page: Any, timeout: float = 90.0, sop_instance_uid: str | None = None
+    page: Any, timeout: float = 90.0, sop_instance_uids: Collection[str] | None = None
 ) -> ViewportImage:
-    """The first viewport once it shows an image (of ``sop_instance_uid`` if given) with
+    """The first viewport once it shows an image (one of ``sop_instance_uids`` if given) with
     non-black pixels that stay the same over two looks, 0.5 s apart."""
     deadline = time.monotonic() + timeout
     last: ViewportImage | None = None
@@ -123,7 +162,9 @@ def wait_for_painted(
         now = images[0] if images else None
         if now is not None:
             seen = f"{now.image_id} with mean grey {now.grey.mean():.1f}"
-        wanted = now is not None and (sop_instance_uid in (None, now.sop_instance_uid))
+        wanted = now is not None and (
+            sop_instance_uids is None or now.sop_instance_uid in sop_instance_uids
+        )
         if (
             wanted
             and now is not None

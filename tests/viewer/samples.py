@@ -151,13 +151,18 @@ def jpegls_study() -> Study:
 
 
 GOOD_SERIES = "good slice"
-BROKEN_SERIES = "corrupt codestream"
+BROKEN_SERIES = "corrupt JPEG-LS scan"
 
 
 def broken_study() -> Study:
     """A good JPEG-LS CT series (number 1) and a series (number 2) whose one instance is a
-    JPEG 2000 object with a corrupt codestream: valid DICOM, valid encapsulation (PS3.5 A.4),
-    but the codestream starts with garbage instead of the SOC/SIZ markers, so no decoder reads it.
+    JPEG-LS object with a corrupt scan: valid DICOM, valid encapsulation (PS3.5 A.4), a valid
+    JPEG-LS header, but entropy-coded data that no decoder can read (CharLS reports "the
+    encoded bit stream contains a general structural problem").
+
+    (A JPEG 2000 codestream broken the same way is no use here: cornerstone's OpenJPEG build
+    returns an empty 0x0 image for it without any error, so the viewer shows nothing and says
+    nothing.)
     """
     study = _new_study("broken", "arca viewer broken instance")
     good = _jpegls_ct(study, generate_uid(), 1)
@@ -166,12 +171,14 @@ def broken_study() -> Study:
     study.files.append(_part10(good))
     study.expected[(str(good.SOPInstanceUID), 1)] = _ct_expected(good)
 
-    bad = _restamp(pydicom.dcmread(testdata("693_J2KR.dcm")), study, generate_uid(), 1)
+    bad = _jpegls_ct(study, generate_uid(), 1)
     bad.SeriesNumber = 2
     bad.SeriesDescription = BROKEN_SERIES
-    frames = [f for f in generate_fragments(bad.PixelData)][1:]  # item 0 is the offset table
-    codestream = bytearray(b"".join(frames))
-    codestream[:64] = bytes(range(64))  # SOC (FF4F) and SIZ (FF51) gone
+    fragments = list(generate_fragments(bad.PixelData))[1:]  # item 0 is the offset table
+    codestream = bytearray(b"".join(fragments))
+    scan = codestream.find(b"\xff\xda")  # SOS: the scan header, then the coded data
+    scan_data = scan + 2 + int.from_bytes(codestream[scan + 2 : scan + 4], "big")
+    codestream[scan_data + 64 : -16] = b"\xff" * (len(codestream) - scan_data - 80)
     bad.PixelData = encapsulate([bytes(codestream)])
     study.files.append(_part10(bad))
     study.broken_sop_uids.append(str(bad.SOPInstanceUID))

@@ -3,7 +3,7 @@
 One arca process for the module, loaded over STOW-RS with: a 10-slice CT series (native),
 a 30-frame ultrasound cine (JPEG baseline, YBR), a CT slice stored as JPEG 2000, one stored
 as JPEG-LS, and a study with one good series and one series whose only instance carries a
-corrupt JPEG 2000 codestream. Debian's chromium, driven by Playwright, opens the study list
+corrupt JPEG-LS scan. Debian's chromium, driven by Playwright, opens the study list
 and each study; what the viewport paints is compared with the source image windowed the same
 way (see browser.py). Every answer from arca's origin is logged: none may fail.
 """
@@ -101,6 +101,7 @@ def browser_context(chromium: Any) -> Iterator[Any]:
 
 @pytest.fixture
 def page(browser_context: Any, arca: ArcaProcess) -> Iterator[tuple[Any, browser.NetworkLog]]:
+    """A new tab: the app is loaded from scratch (a link opened in a new browser tab)."""
     tab = browser_context.new_page()
     tab.set_default_timeout(RENDER_TIMEOUT * 1000)
     network = browser.NetworkLog(arca.base_url)
@@ -109,6 +110,30 @@ def page(browser_context: Any, arca: ArcaProcess) -> Iterator[tuple[Any, browser
         yield tab, network
     finally:
         tab.close()
+
+
+@pytest.fixture(scope="module")
+def app_tab(browser_context: Any, arca: ArcaProcess) -> Iterator[Any]:
+    """One tab with OHIF started once; tests move it between studies by the app's own routing.
+    (Starting OHIF costs 10-30 s of CPU on this kind of machine; moving between studies, 5.)"""
+    tab = browser_context.new_page()
+    tab.set_default_timeout(RENDER_TIMEOUT * 1000)
+    tab.goto(arca.base_url + "/viewer/")
+    tab.get_by_text("Study List").first.wait_for()
+    try:
+        yield tab
+    finally:
+        tab.close()
+
+
+@pytest.fixture
+def in_app(app_tab: Any, arca: ArcaProcess) -> Iterator[tuple[Any, browser.NetworkLog]]:
+    network = browser.NetworkLog(arca.base_url)
+    network.attach(app_tab)
+    try:
+        yield app_tab, network
+    finally:
+        network.detach(app_tab)
 
 
 def _study(studies: list[Study], key: str) -> Study:
@@ -142,6 +167,16 @@ def test_study_list_shows_every_study(
         tab.get_by_text(study.name_in_list, exact=True).wait_for()
         tab.get_by_text(study.description, exact=True).wait_for()
     browser.save("study-list", tab)
+    # Typing in the patient filter makes OHIF search again (PatientName=*JLS*, PS3.18 §8.3.4
+    # wildcard matching); only the matching study stays.
+    jls = _study(studies, "jls")
+    tab.locator("input").first.fill("JLS")
+    for study in studies:
+        if study is not jls:
+            tab.get_by_text(study.name_in_list, exact=True).wait_for(state="detached")
+    tab.get_by_text(jls.name_in_list, exact=True).wait_for()
+    browser.save("study-list-filtered", tab)
+    assert any("PatientName=*JLS*" in r[1] and r[0] == 200 for r in network.responses)
     # The list is OHIF's QIDO-RS search, answered as DICOM JSON.
     searches = [r for r in network.responses if "/dicom-web/studies?" in r[1]]
     assert searches, network.responses
@@ -152,12 +187,12 @@ def test_study_list_shows_every_study(
 
 @pytest.mark.parametrize("key", ["ct", "us", "j2k", "jls"])
 def test_study_opens_and_paints_the_source_pixels(
-    page: tuple[Any, browser.NetworkLog], arca: ArcaProcess, studies: list[Study], key: str
+    in_app: tuple[Any, browser.NetworkLog], arca: ArcaProcess, studies: list[Study], key: str
 ) -> None:
-    tab, network = page
+    tab, network = in_app
     study = _study(studies, key)
-    tab.goto(f"{arca.base_url}/viewer/viewer?StudyInstanceUIDs={study.study_uid}")
-    painted = browser.wait_for_painted(tab, RENDER_TIMEOUT)
+    browser.navigate_in_app(tab, f"/viewer/viewer?StudyInstanceUIDs={study.study_uid}")
+    painted = browser.wait_for_painted(tab, RENDER_TIMEOUT, {uid for uid, _ in study.expected})
     browser.save(f"study-{key}", tab, painted)
     _assert_paints(study, painted, f"study-{key}")
     if key == "ct":
@@ -176,29 +211,39 @@ def test_study_opens_and_paints_the_source_pixels(
     _assert_no_failures(network, arca)
 
 
-def test_broken_instance_leaves_the_rest_of_the_study_usable(
+def test_broken_instance_fails_alone_and_the_study_stays_usable(
     page: tuple[Any, browser.NetworkLog], arca: ArcaProcess, studies: list[Study]
 ) -> None:
-    """The corrupt codestream is stored and served as it came; the browser's decoder cannot
-    read it. The study still opens, the good series paints, switching to the broken series
-    and back does not hang the viewer."""
+    """The corrupt JPEG-LS scan is stored and served as it came; the browser's decoder cannot
+    read it. The study opens and its good series paints; showing the broken series ends in
+    cornerstone's load failure with the decoder's reason (not a viewer waiting forever); going
+    back to the good series paints it again."""
     tab, network = page
     study = _study(studies, "broken")
     good_uid = next(iter(study.expected))[0]
     bad_uid = study.broken_sop_uids[0]
+    # A direct link to the study, opened in a new tab: the app starts on the viewer route.
     tab.goto(f"{arca.base_url}/viewer/viewer?StudyInstanceUIDs={study.study_uid}")
-    painted = browser.wait_for_painted(tab, RENDER_TIMEOUT, sop_instance_uid=good_uid)
+    painted = browser.wait_for_painted(tab, RENDER_TIMEOUT, {good_uid})
     _assert_paints(study, painted, "broken-study-good-series")
 
     tab.get_by_text(BROKEN_SERIES, exact=True).first.dblclick()
     _wait_for_image(tab, bad_uid)
+    tab.wait_for_function(
+        "uid => (window.__arcaLoadFailures || []).some(f => f.imageId.includes(uid))",
+        arg=bad_uid,
+        timeout=RENDER_TIMEOUT * 1000,
+    )
     browser.save("broken-study-broken-series", tab)
+    failures = [f for f in browser.load_failures(tab) if bad_uid in f["imageId"]]
+    assert any("JPEG-LS" in f["error"] for f in failures), failures
+    assert all(good_uid not in f["imageId"] for f in browser.load_failures(tab))
     # arca served the stored bytes (the failure is in the codestream, not in the archive).
     served = network.frame_responses(bad_uid)
     assert served and all(r[0] == 200 for r in served), served
 
     tab.get_by_text(GOOD_SERIES, exact=True).first.dblclick()
-    painted = browser.wait_for_painted(tab, RENDER_TIMEOUT, sop_instance_uid=good_uid)
+    painted = browser.wait_for_painted(tab, RENDER_TIMEOUT, {good_uid})
     browser.save("broken-study-back-to-good", tab, painted)
     _assert_paints(study, painted, "broken-study-back-to-good")
     _assert_no_failures(network, arca)
