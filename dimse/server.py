@@ -18,6 +18,7 @@ them (their threads may be parked on the bridge, i.e. on the loop that calls ``s
 from __future__ import annotations
 
 import asyncio
+import copy
 import logging
 import threading
 from collections.abc import Iterator
@@ -186,8 +187,22 @@ def supported_contexts() -> list[PresentationContext]:
     return contexts
 
 
+class _AcceptorContext(PresentationContext):
+    """A supported context that copies cheaply.
+
+    pynetdicom deep-copies the server's supported contexts for every association it accepts;
+    with every storage class in every transfer syntax (~7,600 UIDs) that costs ~0.5 s of CPU
+    per association. The UIDs are immutable strings, so a copy needs only new lists.
+    """
+
+    def __deepcopy__(self, memo: dict[int, Any]) -> _AcceptorContext:
+        clone = copy.copy(self)
+        clone._transfer_syntax = list(self._transfer_syntax)
+        return clone
+
+
 def _context(abstract_syntax: str, transfer_syntaxes: list[str]) -> PresentationContext:
-    cx = PresentationContext()
+    cx = _AcceptorContext()
     cx.abstract_syntax = abstract_syntax
     cx.transfer_syntax = list(transfer_syntaxes)
     return cx

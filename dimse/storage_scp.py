@@ -28,6 +28,7 @@ import re
 import tempfile
 from pathlib import Path
 
+import pydicom
 from pydicom.dataset import Dataset
 from pynetdicom.events import Event
 
@@ -46,6 +47,7 @@ from storage.errors import IngestRejected, OutOfResources
 
 log = logging.getLogger("arca.dimse")
 
+_SOP_CLASS = 0x0008_0016
 _UID = re.compile(r"[0-9]+(\.[0-9]+)*")
 
 
@@ -72,8 +74,8 @@ class StorageSCP:
             return status_dataset(REFUSED_NOT_AUTHORIZED, f"{calling} may not store")
         spool: Path | None = None
         try:
-            self._check_sop_class(event)
             spool = self._write_spool(event)
+            self._check_sop_class(event, spool)
             outcome = self._bridge.run(self._archive.ingest(spool), self._timeout)
         except Exception as exc:
             return failure_dataset(exc, Service.STORE)
@@ -88,10 +90,12 @@ class StorageSCP:
             return status_dataset(int(warning), note)
         return status_dataset(SUCCESS)
 
-    def _check_sop_class(self, event: Event) -> None:
+    def _check_sop_class(self, event: Event, spool: Path) -> None:
         affected = str(event.request.AffectedSOPClassUID)
         try:
-            in_dataset = str(event.dataset.get("SOPClassUID", ""))
+            # Only the header up to (0008,0016): a multi-frame object is not copied again.
+            header = pydicom.dcmread(spool, stop_before_pixels=True, specific_tags=[_SOP_CLASS])
+            in_dataset = str(header[_SOP_CLASS].value) if _SOP_CLASS in header else ""
         except Exception as exc:  # pydicom raises many types on malformed input
             raise IngestRejected(
                 StowFailure.CANNOT_UNDERSTAND, f"data set does not parse: {exc}"

@@ -6,11 +6,12 @@ from __future__ import annotations
 import socket
 import subprocess
 import time
+import uuid
 from pathlib import Path
 
 import httpx
 
-from tests.conftest import StartArca, free_port
+from tests.conftest import ArcaProcess, StartArca, free_port
 from tests.data import ct_series, multipart_related, small_ct, stow_content_type, uids_of
 from tests.dimse.dicom_tools import dataset_part, dcmtk, findscu, storescp, wado_instance
 
@@ -98,8 +99,8 @@ def test_one_archive_behind_dicomweb_and_dimse(start_arca: StartArca, tmp_path: 
     assert sorted(_received(get_dir)) == sorted(series.sop_instance_uids)
 
 
-def test_many_associations_and_a_stalled_peer(start_arca: StartArca, tmp_path: Path) -> None:
-    arca = start_arca()
+def test_many_associations_and_a_stalled_peer(arca_session: ArcaProcess, tmp_path: Path) -> None:
+    arca = arca_session
     port = str(arca.dimse_port)
     # A peer that connects and never speaks holds one association slot until the network
     # timeout; it must not hold up anything else.
@@ -108,7 +109,7 @@ def test_many_associations_and_a_stalled_peer(start_arca: StartArca, tmp_path: P
         senders = []
         all_series = []
         for i in range(6):
-            series = ct_series(2, tmp_path / f"s{i}", patient_id=f"MANY{i}")
+            series = ct_series(2, tmp_path / f"s{i}", patient_id=f"MANY{i}-{uuid.uuid4().hex[:8]}")
             all_series.append(series)
             senders.append(
                 subprocess.Popen(
