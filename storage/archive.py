@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from pydicom import dcmread
-from sqlalchemy.exc import DBAPIError, SQLAlchemyError
+from sqlalchemy.exc import DBAPIError, IntegrityError, SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from config.settings import OverwritePolicy, StorageSettings
@@ -222,18 +222,12 @@ class Archive:
         key = analysis.blob_key
         await self.hot.put_file(key, path)
         try:
-            async with self._db(self._write, begin=True) as conn:
-                current = await repository.find_instance(conn, analysis.sop_uid)
-                if current is None:
-                    inserted = await repository.insert_instance(conn, analysis, Tier.HOT)
-                    old = None
-                elif current.sha256 == analysis.sha256:
-                    inserted, old = False, None
-                elif replace:
-                    await repository.replace_instance(conn, analysis, Tier.HOT, current.id)
-                    inserted, old = True, current
-                else:
-                    inserted, old = False, current
+            try:
+                inserted, old = await self._index(analysis, replace)
+            except _IndexConflict:
+                # A concurrent delete removed the series/study this transaction was joining
+                # (PostgreSQL, READ COMMITTED): once more, creating them anew.
+                inserted, old = await self._index(analysis, replace)
         except BaseException:
             await self._forget_blob(key)
             raise
@@ -246,6 +240,21 @@ class Archive:
         if old is not None and old.blob_key != key:
             await self._delete_blob(old.tier, old.blob_key)
         return self._outcome(analysis, IngestStatus.STORED)
+
+    async def _index(
+        self, analysis: Analysis, replace: bool
+    ) -> tuple[bool, repository.StoredInstance | None]:
+        """One index transaction: (indexed by us, the instance row it replaced or met)."""
+        async with self._db(self._write, begin=True) as conn:
+            current = await repository.find_instance(conn, analysis.sop_uid)
+            if current is None:
+                return await repository.insert_instance(conn, analysis, Tier.HOT), None
+            if current.sha256 == analysis.sha256:
+                return False, None
+            if replace:
+                await repository.replace_instance(conn, analysis, Tier.HOT, current.id)
+                return True, current
+            return False, current
 
     async def _forget_blob(self, key: str) -> None:
         """Remove a blob we wrote but did not index, unless some index row names it."""
@@ -389,8 +398,14 @@ class Archive:
                     yield conn
         except StorageError:
             raise
+        except IntegrityError as exc:
+            raise _IndexConflict(f"index conflict: {exc.orig}") from exc
         except (DBAPIError, SQLAlchemyError, OSError) as exc:
             raise index_error(exc) from exc
+
+
+class _IndexConflict(StoreUnavailable):
+    """A constraint failed under a concurrent writer; the transaction may be retried."""
 
 
 def index_error(exc: Exception) -> StorageError:

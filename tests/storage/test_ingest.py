@@ -523,3 +523,26 @@ async def test_index_failure_after_blob_write_leaves_nothing(
     monkeypatch.undo()
     await _nothing_stored(archive)
     assert (await archive.verify()).orphans == []
+
+
+async def test_series_deleted_under_a_concurrent_ingest_is_recreated(
+    archive: Archive, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """INJECTED race: the first transaction joins a series row that a concurrent delete has
+    just removed (its id no longer exists), the foreign key refuses the instance; the
+    ingest retries once and creates the series anew."""
+    from storage.index import repository
+
+    real = repository._series_pk
+    calls = 0
+
+    async def stale_then_real(conn, analysis):  # type: ignore[no-untyped-def]
+        nonlocal calls
+        calls += 1
+        return 987_654 if calls == 1 else await real(conn, analysis)
+
+    monkeypatch.setattr(repository, "_series_pk", stale_then_real)
+    ds = make_dataset()
+    outcome = await archive.ingest(write(ds, tmp_path))
+    assert outcome.status is IngestStatus.STORED and calls == 2
+    assert len(await archive.locate(ds.StudyInstanceUID, ds.SeriesInstanceUID)) == 1
