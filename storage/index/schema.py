@@ -79,6 +79,19 @@ Index("ix_studies_accession", studies.c.accession_number)
 Index("ix_studies_study_id", studies.c.study_id)
 Index("ix_studies_patient_id", studies.c.patient_id)
 Index("ix_studies_patient_name_norm", studies.c.patient_name_norm)
+# Prefix wildcards (``DOE*`` → LIKE 'DOE%') use a b-tree only under the "C" collation; on
+# PostgreSQL these pattern-ops indexes serve them whatever the database's collation
+# (migration 0003; on SQLite they are plain indexes, which case_sensitive_like lets LIKE use).
+Index(
+    "ix_studies_patient_name_pattern",
+    studies.c.patient_name_norm,
+    postgresql_ops={"patient_name_norm": "text_pattern_ops"},
+)
+Index(
+    "ix_studies_accession_pattern",
+    studies.c.accession_number,
+    postgresql_ops={"accession_number": "text_pattern_ops"},
+)
 
 series = Table(
     "series",

@@ -188,7 +188,7 @@ async def test_0002_backfills_study_patient_columns(storage_settings: StorageSet
             ).one()
             assert tuple(row) == ("P9", "OLD^NAME")
             version = (await conn.execute(text("SELECT version_num FROM alembic_version"))).scalar()
-            assert version == "0002"
+            assert version == "0003"
     finally:
         # Leave an empty index behind for the module's other tests.
         async with eng.begin() as conn:
