@@ -338,3 +338,20 @@ def test_get_cancel_stops_before_the_next_sub_operation(node: Node, series: Seri
     assert final.NumberOfCompletedSuboperations == 2
     assert final.NumberOfRemainingSuboperations == len(series) - 2
     assert len(received) == 2
+
+
+def test_get_without_role_selection_fails_each_sub_operation(node: Node, series: Series) -> None:
+    """No SCP/SCU Role Selection for the storage class: arca cannot send the instances back
+    on this association, so every sub-operation fails and says which (PS3.4 C.4.3.1.4)."""
+    ae = AE(ae_title="GETSCU")
+    ae.add_requested_context("1.2.840.10008.5.1.4.1.2.2.3")
+    ae.add_requested_context("1.2.840.10008.5.1.4.1.1.2")
+    assoc = ae.associate("127.0.0.1", node.dimse_port, ae_title="ARCA")
+    assert assoc.is_established
+    responses = list(assoc.send_c_get(_series_identifier(series), "1.2.840.10008.5.1.4.1.2.2.3"))
+    assoc.release()
+    final, identifier = responses[-1]
+    assert int(final.Status) == 0xA702
+    assert final.NumberOfFailedSuboperations == len(series)
+    assert final.NumberOfCompletedSuboperations == 0
+    assert sorted(identifier.FailedSOPInstanceUIDList) == sorted(series.sop_instance_uids)
