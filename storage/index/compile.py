@@ -33,7 +33,7 @@ from storage.index.schema import (
     studies,
 )
 from storage.ingest import normalize_datetime, normalize_pn, normalize_time
-from storage.query import MatchKey, MatchKind, Query
+from storage.query import MatchKey, MatchKind, Query, QueryLevel
 
 _ESCAPE = "\\"
 _LAST = 2**31 - 1  # sorts entities without a number after those with one
@@ -285,3 +285,17 @@ def _order(level: str) -> list[ColumnElement[object]]:
         func.coalesce(instances.c.instance_number, literal(_LAST)),
         instances.c.sop_uid,
     ]
+
+
+def supported_matching_keys(level: QueryLevel) -> frozenset[int]:
+    """Every attribute the index matches on at ``level`` (for the conformance statement);
+    any other non-universal key is reported as unsupported."""
+    levels = A.levels_up_to(level.value)
+    tags = {tag for tag, column in MATCH_COLUMNS.items() if column.level in levels}
+    if level is not QueryLevel.PATIENT:
+        tags |= set(STUDY_PATIENT_COLUMNS)
+    if level is QueryLevel.STUDY:
+        tags |= {A.MODALITIES_IN_STUDY, A.SOP_CLASSES_IN_STUDY}
+    if level in (QueryLevel.SERIES, QueryLevel.IMAGE):
+        tags.add(REQUEST_ATTRIBUTES_SEQUENCE)
+    return frozenset(tags)

@@ -195,3 +195,30 @@ async def test_0002_backfills_study_patient_columns(storage_settings: StorageSet
             await conn.execute(text("DELETE FROM studies"))
             await conn.execute(text("DELETE FROM patients"))
         await eng.dispose()
+
+
+@pytest.mark.parametrize("level", list(QueryLevel))
+def test_supported_matching_keys_are_what_compile_accepts(level: QueryLevel) -> None:
+    from pydicom.datadict import dictionary_VR
+
+    from storage.index.compile import compile_query, supported_matching_keys
+    from storage.query import MatchKey
+
+    supported = supported_matching_keys(level)
+    for tag in supported:
+        if dictionary_VR(tag) == "SQ":
+            key = MatchKey.sequence(tag, (MatchKey.parse(0x0040_0009, "X"),))
+        elif dictionary_VR(tag) in ("DA", "DT"):
+            key = MatchKey.parse(tag, "20240101")
+        elif dictionary_VR(tag) == "TM":
+            key = MatchKey.parse(tag, "1010")
+        elif dictionary_VR(tag) == "UI":
+            key = MatchKey.parse(tag, "1.2.3")
+        elif dictionary_VR(tag) == "IS":
+            key = MatchKey.parse(tag, "1")
+        else:
+            key = MatchKey.parse(tag, "X")
+        assert compile_query(Query(level, keys=(key,))).unsupported == [], f"{tag:08X}"
+    assert compile_query(Query(level, keys=(MatchKey.parse(0x0010_4000, "x"),))).unsupported == [
+        0x0010_4000
+    ]
