@@ -49,6 +49,24 @@ async def copies(archive: Archive, study_uid: str) -> dict[str, tuple[bool, bool
     return out
 
 
+async def assert_readable(archive: Archive, study: StoredStudy) -> None:
+    """Every instance (no more, no fewer) reads through the Archive with its ingest SHA-256."""
+    assert archive.tiers is not None
+    locations = await archive.locate(study.study_uid)
+    assert sorted(loc.sop_instance_uid for loc in locations) == sorted(study.sha256)
+    hook, archive.tiers.cold_read_hook = archive.tiers.cold_read_hook, None
+    try:
+        for loc in locations:
+            reader = await archive.open_blob(loc)
+            try:
+                data = await reader.read_all()
+            finally:
+                await reader.close()
+            assert hashlib.sha256(data).hexdigest() == study.sha256[loc.sop_instance_uid]
+    finally:
+        archive.tiers.cold_read_hook = hook
+
+
 async def assert_intact(archive: Archive, study: StoredStudy) -> None:
     """Every instance readable through the Archive with its ingest SHA-256, and exactly one
     copy of each blob, on the tier its index row names."""

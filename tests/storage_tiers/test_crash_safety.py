@@ -16,7 +16,13 @@ from config.settings import StorageSettings
 from storage.archive import open_archive
 from storage.model import Tier
 from tests.conftest import ROOT
-from tests.storage_tiers.helpers import assert_intact, copies, ingest_series, tiers_of
+from tests.storage_tiers.helpers import (
+    assert_intact,
+    assert_readable,
+    copies,
+    ingest_series,
+    tiers_of,
+)
 
 POINTS = ["after_copy", "before_flip", "after_flip", "mid_delete"]
 
@@ -79,6 +85,7 @@ async def test_sigkill_mid_migration_then_sweep(
         # Straight after the crash, before any cleanup, every instance still reads right.
         before = await copies(archive, study.study_uid)
         assert all(hot or cold for hot, cold in before.values())
+        await assert_readable(archive, study)
         report = await archive.tiers.sweep(grace_seconds=0)
         if point == "after_flip":
             removed = report.hot_copies_removed + report.cold_copies_removed
