@@ -28,10 +28,12 @@ DIST = Path(__file__).resolve().parents[2] / "viewer" / "node_modules" / "@ohif"
 RENDER_TIMEOUT = 90.0
 
 # What "the same image" means: cornerstone scales with bilinear filtering on the GPU (here
-# SwiftShader) and decodes with its own WebAssembly codecs, so a few grey levels of difference
-# are normal; a wrong frame, wrong window or garbled pixels fall far below these.
-MIN_CORRELATION = 0.95
-MAX_MEAN_ABS_DIFF = 12.0
+# SwiftShader) and decodes with its own WebAssembly codecs. Measured on the right image:
+# correlation >= 0.993 and mean |diff| <= 1.2 grey levels (CT), 0.9995 / 0.5 (US). The same
+# canvas against a 400-wide window instead of the object's 100 scores 0.964 / 8.3, against
+# the slice shifted by 10 pixels 0.77 / 16.6, against another slice 0.89 / 12.8.
+MIN_CORRELATION = 0.98
+MAX_MEAN_ABS_DIFF = 4.0
 MAX_NONBLACK_DIFF = 0.05
 
 
@@ -151,6 +153,7 @@ def _assert_paints(study: Study, painted: browser.ViewportImage, name: str) -> b
     assert key in study.expected, f"the viewport shows {painted.image_id}, not one of {study.key}"
     match = browser.compare(painted.grey, study.expected[key])
     where = f"{name}: {match} (see {browser.SCREENSHOTS}/{name}*.png)"
+    print(where)  # the margins, for `pytest -s` / `-rP`
     assert match.correlation >= MIN_CORRELATION, where
     assert match.mean_abs_diff <= MAX_MEAN_ABS_DIFF, where
     assert abs(match.painted_nonblack - match.expected_nonblack) <= MAX_NONBLACK_DIFF, where
