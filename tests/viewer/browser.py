@@ -149,11 +149,35 @@ def navigate_in_app(page: Any, path: str) -> None:
     )
 
 
+def show_image_index(page: Any, index: int) -> str:
+    """Scroll the first viewport's stack to image ``index`` (0-based); that image's imageId."""
+    image_id: str = page.evaluate(
+        """index => {
+          const viewport = window.cornerstone.getEnabledElements()[0].viewport;
+          viewport.setImageIdIndex(index);
+          return viewport.getImageIds()[index];
+        }""",
+        index,
+    )
+    return image_id
+
+
+def stack_size(page: Any) -> int:
+    size: int = page.evaluate(
+        "() => window.cornerstone.getEnabledElements()[0].viewport.getImageIds().length"
+    )
+    return size
+
+
 def wait_for_painted(
-    page: Any, timeout: float = 90.0, sop_instance_uids: Collection[str] | None = None
+    page: Any,
+    timeout: float = 90.0,
+    sop_instance_uids: Collection[str] | None = None,
+    image_id: str | None = None,
 ) -> ViewportImage:
-    """The first viewport once it shows an image (one of ``sop_instance_uids`` if given) with
-    non-black pixels that stay the same over two looks, 0.5 s apart."""
+    """The first viewport once it shows an image (one of ``sop_instance_uids``, or exactly
+    ``image_id``, if given) with non-black pixels that stay the same over two looks, 0.5 s
+    apart."""
     deadline = time.monotonic() + timeout
     last: ViewportImage | None = None
     seen = "no viewport"
@@ -162,8 +186,10 @@ def wait_for_painted(
         now = images[0] if images else None
         if now is not None:
             seen = f"{now.image_id} with mean grey {now.grey.mean():.1f}"
-        wanted = now is not None and (
-            sop_instance_uids is None or now.sop_instance_uid in sop_instance_uids
+        wanted = (
+            now is not None
+            and (sop_instance_uids is None or now.sop_instance_uid in sop_instance_uids)
+            and (image_id is None or now.image_id == image_id)
         )
         if (
             wanted

@@ -198,6 +198,15 @@ def test_study_opens_and_paints_the_source_pixels(
     painted = browser.wait_for_painted(tab, RENDER_TIMEOUT, {uid for uid, _ in study.expected})
     browser.save(f"study-{key}", tab, painted)
     _assert_paints(study, painted, f"study-{key}")
+    size = browser.stack_size(tab)
+    assert size == len(study.expected), (size, len(study.expected))
+    if size > 1:
+        # Another slice / frame of the stack: the viewer shows the one it says it shows.
+        wanted = browser.show_image_index(tab, size // 2)
+        other = browser.wait_for_painted(tab, RENDER_TIMEOUT, image_id=wanted)
+        browser.save(f"study-{key}-middle", tab, other)
+        assert (other.sop_instance_uid, other.frame) != (painted.sop_instance_uid, painted.frame)
+        _assert_paints(study, other, f"study-{key}-middle")
     if key == "ct":
         # arca's series metadata carries what OHIF needs to treat the slices as a volume
         # (positions, orientation, spacing, dimensions); OHIF lists any problem it finds.
