@@ -90,6 +90,7 @@ class HotFilesystemStore:
 
     def _put_sync(self, key: str, source: Path) -> None:
         target = self.path_of(key)
+        new_folder = not target.parent.is_dir()
         target.parent.mkdir(parents=True, exist_ok=True)
         self._tmp.mkdir(parents=True, exist_ok=True)
         staged = self._tmp / f"{uuid.uuid4().hex}.part"
@@ -104,8 +105,22 @@ class HotFilesystemStore:
                 os.fsync(fd)
             finally:
                 os.close(fd)
-            os.replace(staged, target)
+            try:
+                os.replace(staged, target)
+            except FileNotFoundError:
+                # A concurrent delete removed the series folder once it was empty.
+                target.parent.mkdir(parents=True, exist_ok=True)
+                os.replace(staged, target)
             _fsync_dir(target.parent)
+            if new_folder:
+                # New study/series folders must survive a crash too: their entries live in
+                # the parent folders.
+                folder = target.parent.parent
+                while True:
+                    _fsync_dir(folder)
+                    if folder == self.root or self.root not in folder.parents:
+                        break
+                    folder = folder.parent
         except BaseException:
             staged.unlink(missing_ok=True)
             raise
