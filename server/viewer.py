@@ -82,13 +82,18 @@ def app_config_js(public_url: str, dicomweb_root: str) -> str:
     """OHIF's ``window.config`` for one DICOMweb data source: arca on the page's own origin.
 
     The shape follows ``dist/app-config.js`` of the pinned ``@ohif/app`` (config/default.js of
-    OHIF 3.13). The roots are built in the browser from ``window.location.origin`` so the same
-    file works behind any host name or proxy that keeps the path.
+    OHIF 3.13). A ``dicomweb_root`` path is joined to ``window.location.origin`` in the browser,
+    so the same file works behind any host name or proxy that keeps the path; an absolute URL
+    (``http://…``) is used as it is (a viewer on another origin, which then needs CORS).
     """
     router_basename = public_url.rstrip("/") or "/"
+    if dicomweb_root.startswith(("http://", "https://")):
+        root_js = json.dumps(dicomweb_root)
+    else:
+        root_js = "window.location.origin + " + json.dumps(dicomweb_root)
     return f"""/** arca: generated OHIF configuration (server/viewer.py). */
 (function () {{
-  var dicomWeb = window.location.origin + {json.dumps(dicomweb_root)};
+  var dicomWeb = {root_js};
   window.config = {{
     name: 'arca',
     routerBasename: {json.dumps(router_basename)},

@@ -17,7 +17,8 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.conftest import ArcaProcess
+from server.viewer import app_config_js
+from tests.conftest import ArcaProcess, free_port
 from tests.data import multipart_related, stow_content_type
 from tests.viewer import browser
 from tests.viewer.samples import BROKEN_SERIES, GOOD_SERIES, Study, all_studies
@@ -272,3 +273,50 @@ def _wait_for_image(tab: Any, sop_instance_uid: str) -> None:
         arg=sop_instance_uid,
         timeout=RENDER_TIMEOUT * 1000,
     )
+
+
+def test_viewer_on_another_origin_reads_arca_through_cors(
+    chromium: Any, studies: list[Study], tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    """OHIF loaded from http://localhost:PORT reads DICOMweb from http://127.0.0.1:PORT (another
+    origin, PS3.18 §6.1.1 / the Fetch standard's CORS), allowed by ``--cors-origin``."""
+    port = free_port()
+    viewer_origin = f"http://localhost:{port}"
+    base = tmp_path_factory.mktemp("arca-cors")
+    arca = ArcaProcess(
+        base / "data", base / "arca.log", ["--viewer", "--cors-origin", viewer_origin]
+    )
+    arca.http_port, arca.dimse_port = port, free_port()
+    arca.start()
+    context = chromium.new_context(viewport=browser.VIEWPORT)
+    try:
+        study = _study(studies, "j2k")
+        stored = httpx.post(
+            arca.dicomweb_url + "/studies",
+            content=multipart_related(study.files),
+            headers={"Content-Type": stow_content_type(), "Accept": "application/dicom+json"},
+            timeout=60.0,
+        )
+        assert stored.status_code == 200, stored.text
+        config = app_config_js("/viewer/", arca.dicomweb_url)  # absolute: the other origin
+        context.add_init_script(browser.INIT_SCRIPT)
+        context.route(
+            "**/viewer/app-config.js",
+            lambda route: route.fulfill(body=config, content_type="text/javascript"),
+        )
+        tab = context.new_page()
+        tab.set_default_timeout(RENDER_TIMEOUT * 1000)
+        dicomweb = browser.NetworkLog(arca.base_url)  # http://127.0.0.1:PORT
+        viewer = browser.NetworkLog(viewer_origin)
+        dicomweb.attach(tab)
+        viewer.attach(tab)
+        tab.goto(f"{viewer_origin}/viewer/viewer?StudyInstanceUIDs={study.study_uid}")
+        painted = browser.wait_for_painted(tab, RENDER_TIMEOUT, {uid for uid, _ in study.expected})
+        browser.save("cross-origin-j2k", tab, painted)
+        _assert_paints(study, painted, "cross-origin-j2k")
+        assert any("/frames/" in r[1] and r[0] == 200 for r in dicomweb.responses)
+        _assert_no_failures(dicomweb, arca)
+        _assert_no_failures(viewer, arca)
+    finally:
+        context.close()
+        arca.stop()
