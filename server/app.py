@@ -26,7 +26,7 @@ from config.settings import Settings
 from dicomweb.routes import build_routes
 from dicomweb.worklist import build_worklist_routes
 from dimse.server import DimseServer
-from server.middleware import AccessLog, LastResortErrors
+from server.middleware import AccessLog, BriefStartupFailure, LastResortErrors
 from server.spool import purge_stale, spool_dir
 from server.viewer import VIEWER_PATH, viewer_routes
 from storage.archive import Archive, open_archive
@@ -83,6 +83,7 @@ class Runtime:
     archive: Archive | None = None
     dimse_running: bool = False
     started: bool = False
+    startup_error: str | None = None
 
 
 def create_app(settings: Settings) -> Starlette:
@@ -112,6 +113,7 @@ def create_app(settings: Settings) -> Starlette:
             try:
                 routes = await _start_components(settings, stack, runtime)
             except (StorageError, StartupError) as exc:
+                runtime.startup_error = str(exc)
                 log.error("arca cannot start: %s", exc)
                 raise
             app.router.routes.extend(routes)
@@ -125,7 +127,11 @@ def create_app(settings: Settings) -> Starlette:
         Route("/", status, methods=["GET"]),
         Route("/health", status, methods=["GET"]),
     ]
-    return Starlette(routes=routes, middleware=_middleware(settings), lifespan=lifespan)
+    middleware = [
+        Middleware(BriefStartupFailure, reason=lambda: runtime.startup_error),
+        *_middleware(settings),
+    ]
+    return Starlette(routes=routes, middleware=middleware, lifespan=lifespan)
 
 
 async def _start_components(

@@ -5,6 +5,8 @@
   requests; writes, errors and slow requests at INFO, so the default log shows what matters.
 - :class:`LastResortErrors` catches what no layer translated: it logs the traceback once and,
   if the response has not started, answers ``500`` with a JSON body that carries no trace.
+- :class:`BriefStartupFailure` keeps a start-up failure that was already explained in one log
+  line from being followed by a traceback.
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ from __future__ import annotations
 import json
 import logging
 import time
+from collections.abc import Callable
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -110,3 +113,26 @@ class LastResortErrors:
                 }
             )
             await send({"type": "http.response.body", "body": body})
+
+
+class BriefStartupFailure:
+    """Lifespan: when start-up fails for a reason already logged in one line (a port taken,
+    the index unreachable), tell the server that line instead of Starlette's traceback."""
+
+    def __init__(self, app: ASGIApp, reason: Callable[[], str | None]) -> None:
+        self.app = app
+        self.reason = reason
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "lifespan":
+            await self.app(scope, receive, send)
+            return
+
+        async def send_wrapper(message: Message) -> None:
+            reason = self.reason()
+            if message["type"] == "lifespan.startup.failed" and reason is not None:
+                # Already logged by the lifespan; an empty message keeps uvicorn quiet.
+                message = {**message, "message": ""}
+            await send(message)
+
+        await self.app(scope, receive, send_wrapper)
