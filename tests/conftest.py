@@ -94,9 +94,12 @@ class ArcaProcess:
     def storage_args(self) -> list[str]:
         """The options that make another ``arca`` command use this server's storage."""
         args = ["--data", str(self.data_dir)]
+        shared = ("--index", "--cold-store", "--s3-endpoint-url", "--s3-region")
         for i, arg in enumerate(self.extra_args):
-            if arg in ("--index", "--cold-store", "--s3-endpoint-url"):
+            if arg in shared:
                 args += [arg, self.extra_args[i + 1]]
+            elif arg.split("=", 1)[0] in shared:
+                args.append(arg)
         return args
 
     # -- life cycle --------------------------------------------------------------------------
