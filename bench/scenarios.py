@@ -147,6 +147,23 @@ class Bench:
             raise dimse.NoDimseListener("no DIMSE listener")
         return len(paths) / dimse.c_store(s.dimse_port, s.ae_title, paths), {}
 
+    def dcmtk_ceiling(self) -> None:
+        """storescu → storescp (--ignore) with no archive between: the DCMTK pair's own rate.
+
+        The C-STORE and C-MOVE figures cannot exceed it, whatever the archive does."""
+        if self.scp is None or not self.plan.cstore_sets:
+            return
+        paths = self.plan.cstore_sets[0].paths
+        try:
+            secs = dimse.c_store(self.scp.port, servers.DEST_AE, paths)
+        except dimse.DimseError as exc:
+            self.note(f"DCMTK storescu → storescp ceiling not measured: {exc}")
+            return
+        self.note(
+            f"DCMTK storescu → storescp (--ignore), no archive: {len(paths) / secs:,.1f} "
+            "instances/s — the ceiling of the C-STORE and C-MOVE figures with these peers"
+        )
+
     def load(self) -> None:
         """Put the retrieve and metadata studies into every server (not a measured figure)."""
         for s in self.servers:
@@ -180,6 +197,7 @@ class Bench:
                     st = self.plan.stow_sets[k]
                     self.measure("stow", s, k, functools.partial(self._stow_rate, s, st.paths))
         if "cstore" in only:
+            self.dcmtk_ceiling()
             for k in range(r):
                 for s in self.order(k):
                     st = self.plan.cstore_sets[k]
