@@ -1,7 +1,12 @@
 """WADO-RS (PS3.18 §10.4): instances of a study / series / instance, metadata, and DELETE.
 
-Instances stream as multipart/related; type="application/dicom" straight from the blob store
-in 1 MiB chunks. An instance whose stored transfer syntax the client does not accept goes
+Instances stream as multipart/related; type="application/dicom" straight from the blob store.
+Consecutive stored-syntax parts are read in batches of up to BATCH_BYTES into one buffer with
+their part headers in place (one thread hop and one socket write per batch, the file bytes
+copied once), a batch or two ahead of the one being written. When every part is sent as
+stored, the body length is known from the index and sent as Content-Length, which spares
+the chunked transfer coding's copy of every chunk. Parts over WHOLE_PART_BYTES stream in
+CHUNK_SIZE chunks. An instance whose stored transfer syntax the client does not accept goes
 through the transcoder; up to ``lookahead`` transcodes run concurrently ahead of the part
 being sent, so the parts keep their order while the pool stays busy.
 
@@ -17,7 +22,10 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-from collections.abc import AsyncIterator
+import os
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
+from pathlib import Path
 
 import anyio
 from starlette.requests import Request
@@ -46,6 +54,7 @@ from dicomweb.resources import ResourcePath, encoder_check, source_of
 from dicomweb.urls import BaseUrl
 from storage.archive import ArchiveService
 from storage.blobs import BlobReader
+from storage.errors import CorruptBlob
 from storage.model import InstanceLocation
 from transcoding.errors import TranscodingError
 from transcoding.service import TranscoderService
@@ -54,14 +63,19 @@ log = logging.getLogger("arca.dicomweb.wado")
 
 CHUNK_SIZE = 1 << 20
 WHOLE_PART_BYTES = 4 << 20
-"""Parts up to this size are read whole ahead of sending (at most READ_AHEAD of them per
-request in memory); larger ones stream in CHUNK_SIZE chunks."""
-READ_AHEAD = 8
-"""Native parts fetched ahead of the one being written."""
+"""Parts up to this size are read whole ahead of sending; larger ones stream in CHUNK_SIZE
+chunks."""
+BATCH_BYTES = 4 << 20
+"""Stored-syntax parts are read and written in batches of up to this many bytes."""
+BATCHES_AHEAD = 2
+"""Native batches fetched ahead of the one being written (memory: about
+(BATCHES_AHEAD + 1) * BATCH_BYTES per request)."""
 INLINE_READ_BYTES = 2 << 20
 """Hot-tier blobs up to this size are read on the event loop from their local path: a
-page-cache read of a few hundred KiB costs less than the thread hop of read_range, and
-a series retrieve is mostly such reads. Larger ones go through the reader's thread."""
+page-cache read of a few hundred KiB costs less than the thread hop of read_range. (Frames
+use it; a series retrieve reads each batch in one worker thread.)"""
+
+HotPath = Callable[[InstanceLocation], "Path | None"]
 
 
 class WadoService:
@@ -78,6 +92,9 @@ class WadoService:
         self.transcoder = transcoder
         self.base_url = base_url
         self.lookahead = max(1, lookahead)
+        # Optional (additive) archive method: the hot-tier file of a location, without I/O,
+        # so a batch opens its files in the same worker thread that reads them.
+        self.hot_path: HotPath | None = getattr(archive, "hot_path", None)
 
     # -- instances ----------------------------------------------------------------------------
 
@@ -117,10 +134,15 @@ class WadoService:
         syntaxes = {target for _, target in sendable}
         params = {"transfer_syntax": next(iter(syntaxes))} if len(syntaxes) == 1 else {}
         media_type = multipart_content_type(DICOM, boundary, **params)
-        parts = _PartQueue(self, sendable)
-        # Fetch the first part before answering, so an error there still gets its status.
+        parts = _PartQueue(self, sendable, boundary)
+        # Fetch the first batch before answering, so an error there still gets its status.
         await parts.prime()
-        return StreamingResponse(self._multipart(parts, boundary), media_type=media_type)
+        headers = {}
+        if parts.content_length is not None:
+            headers["Content-Length"] = str(parts.content_length)
+        return StreamingResponse(
+            self._multipart(parts, boundary), media_type=media_type, headers=headers
+        )
 
     def _whole(self, loc: InstanceLocation, target: str) -> bool:
         """Is this part read (or transcoded) whole, ahead of sending, rather than streamed?"""
@@ -138,6 +160,51 @@ class WadoService:
         finally:
             await reader.close()
 
+    async def _read_batch(self, batch: _Batch) -> bytearray:
+        """The batch's parts, each behind its part header, in one buffer."""
+        files: list[Path | None] = [None] * len(batch.locations)
+        if self.hot_path is not None:
+            files = [self.hot_path(loc) for loc in batch.locations]
+        readers: dict[int, BlobReader] = {}
+        try:
+            # Parts without a known hot-tier file (cold tier, or no hot_path) are opened
+            # through the archive, which follows migrations and verifies cold reads.
+            missing = [i for i, f in enumerate(files) if f is None]
+            opened = await asyncio.gather(
+                *(self.archive.open_blob(batch.locations[i]) for i in missing),
+                return_exceptions=True,
+            )
+            for i, r in zip(missing, opened, strict=True):
+                if isinstance(r, BaseException):
+                    continue
+                readers[i] = r
+                files[i] = r.local_path
+            for r in opened:
+                if isinstance(r, BaseException):
+                    raise r
+            buf = bytearray(batch.nbytes)
+            for start, head in zip(batch.offsets, batch.headers, strict=True):
+                buf[start - len(head) : start] = head
+            local = [(i, f) for i, f in enumerate(files) if f is not None]
+            if local:
+                gone = await asyncio.to_thread(_fill, buf, batch, local)
+                for i in gone:
+                    # The file moved (migrated to the cold tier) since locate(): ask the archive.
+                    readers[i] = await self.archive.open_blob(batch.locations[i])
+                    files[i] = None
+            for i, reader in readers.items():
+                if files[i] is None:
+                    _check_size(batch.locations[i], reader.size)
+                    data = await reader.read_all()
+                    _check_size(batch.locations[i], len(data))
+                    start = batch.offsets[i]
+                    buf[start : start + len(data)] = data
+            return buf
+        finally:
+            with anyio.CancelScope(shield=True):
+                for reader in readers.values():
+                    await reader.close()
+
     @staticmethod
     async def _blob_chunks(blob: BlobReader) -> AsyncIterator[bytes]:
         try:
@@ -151,16 +218,30 @@ class WadoService:
     async def _transcode(self, loc: InstanceLocation, target: str) -> bytes:
         if self.transcoder is None:  # negotiation never picks a target without one
             raise NotAcceptable("no transcoder is configured")
+        # A cached rendition needs no source: skip opening the blob (optional method of the
+        # concrete Transcoder).
+        cached = getattr(self.transcoder, "cached", None)
+        if cached is not None:
+            data: bytes | None = await cached(loc.sha256, target)
+            if data is not None:
+                return data
         source = await source_of(self.archive, loc)
         return await self.transcoder.transcode(source, target, cache_key=loc.sha256)
 
-    async def _multipart(self, parts: _PartQueue, boundary: str) -> AsyncIterator[bytes]:
+    async def _multipart(
+        self, parts: _PartQueue, boundary: str
+    ) -> AsyncIterator[bytes | memoryview]:
         try:
-            for i, (loc, target) in enumerate(parts.sendable):
+            for u, unit in enumerate(parts.units):
+                if isinstance(unit, _Batch):
+                    buf = await parts.take(u)
+                    yield memoryview(buf)
+                    continue
+                loc, target = parts.sendable[unit]
                 head = part_header(boundary, _part_type(target))
                 if self._whole(loc, target):
                     try:
-                        data = await parts.take(i)
+                        data = await parts.take(u)
                     except TranscodingError as exc:
                         log.error("%s left out of the response: %s", loc.sop_instance_uid, exc)
                         continue
@@ -168,7 +249,9 @@ class WadoService:
                     yield head + data
                     continue
                 yield head
-                async for chunk in self._blob_chunks(await parts.open(i)):
+                reader = await parts.open(u)
+                _check_size(loc, reader.size)
+                async for chunk in self._blob_chunks(reader):
                     yield chunk
             yield closing_delimiter(boundary)
         finally:
@@ -218,43 +301,127 @@ def _why_not(acceptance: DicomAcceptance, locations: list[InstanceLocation], cod
     return f"stored as {names}; the client accepts {asked} and no codec can produce those"
 
 
-class _PartQueue:
-    """Parts of a multipart retrieve fetched ahead of the one being sent, in order.
+@dataclass
+class _Batch:
+    """Consecutive stored-syntax parts read into one buffer: ``offsets[i]`` is where part i's
+    bytes start (its header precedes them), ``nbytes`` the whole buffer."""
 
-    Whole parts (small native blobs, transcodes) are fetched by tasks up to READ_AHEAD native
-    reads and ``lookahead`` transcodes ahead, so disk reads, thread hops and codec workers
-    overlap with writing to the socket.
+    locations: list[InstanceLocation]
+    headers: list[bytes]
+    offsets: list[int]
+    nbytes: int
+
+
+def _fill(buf: bytearray, batch: _Batch, files: list[tuple[int, Path]]) -> list[int]:
+    """Worker thread: the files' bytes into ``buf``; the parts whose file is gone.
+
+    Each file is read with pread straight into its slice of the buffer: one copy from the
+    page cache, no per-part bytes object."""
+    view = memoryview(buf)
+    gone: list[int] = []
+    for i, path in files:
+        loc, start = batch.locations[i], batch.offsets[i]
+        try:
+            fd = os.open(path, os.O_RDONLY)
+        except FileNotFoundError:
+            gone.append(i)
+            continue
+        try:
+            size = os.fstat(fd).st_size
+            _check_size(loc, size)
+            done = 0
+            while done < size:
+                n = os.preadv(fd, [view[start + done : start + size]], done)
+                if n <= 0:
+                    raise CorruptBlob(f"{loc.sop_instance_uid}: blob shorter than its size")
+                done += n
+        finally:
+            os.close(fd)
+    return gone
+
+
+def _check_size(loc: InstanceLocation, size: int) -> None:
+    # The body length (and each batch's layout) comes from the index; a blob of another size
+    # is a storage failure, which aborts the stream (see the module docstring).
+    if size != loc.size:
+        raise CorruptBlob(
+            f"{loc.sop_instance_uid}: blob has {size} bytes, the index says {loc.size}"
+        )
+
+
+class _PartQueue:
+    """Units of a multipart retrieve fetched ahead of the one being sent, in order.
+
+    A unit is a _Batch of stored-syntax parts or the index of one transcoded or streamed
+    part. Batches are fetched up to BATCHES_AHEAD ahead and transcodes up to ``lookahead``
+    units ahead, so disk reads, thread hops and codec workers overlap with writing to the
+    socket.
     """
 
-    def __init__(self, wado: WadoService, sendable: list[tuple[InstanceLocation, str]]) -> None:
+    def __init__(
+        self, wado: WadoService, sendable: list[tuple[InstanceLocation, str]], boundary: str
+    ) -> None:
         self.wado = wado
         self.sendable = sendable
-        self.pending: dict[int, asyncio.Task[bytes]] = {}
+        self.units: list[_Batch | int] = []
+        self.content_length: int | None = None
+        self.pending: dict[int, asyncio.Task[bytes | bytearray]] = {}
         self.next_native = 0
         self.next_transcode = 0
         self.first_reader: BlobReader | None = None
+        self._plan(boundary)
+
+    def _plan(self, boundary: str) -> None:
+        total, all_stored = 0, True
+        batch: _Batch | None = None
+        for i, (loc, target) in enumerate(self.sendable):
+            stored = target == loc.transfer_syntax_uid
+            all_stored = all_stored and stored
+            head = part_header(boundary, _part_type(target))
+            total += len(head) + loc.size
+            if not stored or not self.wado._whole(loc, target):
+                batch = None
+                self.units.append(i)
+                continue
+            if batch is None or batch.nbytes + len(head) + loc.size > BATCH_BYTES:
+                batch = _Batch([], [], [], 0)
+                self.units.append(batch)
+            batch.locations.append(loc)
+            batch.headers.append(head)
+            batch.offsets.append(batch.nbytes + len(head))
+            batch.nbytes += len(head) + loc.size
+        if all_stored:
+            self.content_length = total + len(closing_delimiter(boundary))
+
+    def _fetch(self, unit: _Batch | int) -> asyncio.Task[bytes | bytearray] | None:
+        if isinstance(unit, _Batch):
+            return asyncio.ensure_future(self.wado._read_batch(unit))
+        loc, target = self.sendable[unit]
+        if not self.wado._whole(loc, target):
+            return None
+        return asyncio.ensure_future(self.wado._part_bytes(loc, target))
 
     def _schedule(self, current: int) -> None:
-        for attr, window, transcode in (
-            ("next_native", READ_AHEAD, False),
-            ("next_transcode", self.wado.lookahead, True),
+        for attr, window, native in (
+            ("next_native", BATCHES_AHEAD + 1, True),
+            ("next_transcode", self.wado.lookahead, False),
         ):
             j = max(getattr(self, attr), current)
-            while j < min(len(self.sendable), current + window):
-                loc, target = self.sendable[j]
-                is_transcode = target != loc.transfer_syntax_uid
-                if is_transcode == transcode and self.wado._whole(loc, target):
-                    task = asyncio.ensure_future(self.wado._part_bytes(loc, target))
-                    task.add_done_callback(_consume)
-                    self.pending[j] = task
+            while j < min(len(self.units), current + window):
+                unit = self.units[j]
+                if isinstance(unit, _Batch) == native and j not in self.pending:
+                    task = self._fetch(unit)
+                    if task is not None:
+                        task.add_done_callback(_consume)
+                        self.pending[j] = task
                 j += 1
             setattr(self, attr, j)
 
     async def prime(self) -> None:
-        """Fetch (or open) part 0 now, raising its error while a status can still be sent."""
-        loc, target = self.sendable[0]
-        if not self.wado._whole(loc, target):
-            self.first_reader = await self.wado.archive.open_blob(loc)
+        """Fetch (or open) unit 0 now, raising its error while a status can still be sent."""
+        unit = self.units[0]
+        if isinstance(unit, int) and not self.wado._whole(*self.sendable[unit]):
+            self.first_reader = await self.wado.archive.open_blob(self.sendable[unit][0])
             return
         self._schedule(0)
         task = self.pending[0]
@@ -266,16 +433,18 @@ class _PartQueue:
             await self.cancel()
             raise exc
 
-    async def take(self, i: int) -> bytes:
-        self._schedule(i)
-        return await self.pending.pop(i)
+    async def take(self, u: int) -> bytes | bytearray:
+        self._schedule(u)
+        return await self.pending.pop(u)
 
-    async def open(self, i: int) -> BlobReader:
-        self._schedule(i)
-        if i == 0 and self.first_reader is not None:
+    async def open(self, u: int) -> BlobReader:
+        self._schedule(u)
+        if u == 0 and self.first_reader is not None:
             reader, self.first_reader = self.first_reader, None
             return reader
-        return await self.wado.archive.open_blob(self.sendable[i][0])
+        unit = self.units[u]
+        assert isinstance(unit, int)
+        return await self.wado.archive.open_blob(self.sendable[unit][0])
 
     async def cancel(self) -> None:
         for task in self.pending.values():
@@ -286,7 +455,7 @@ class _PartQueue:
             await reader.close()
 
 
-def _consume(task: asyncio.Task[bytes]) -> None:
+def _consume(task: asyncio.Task[bytes | bytearray]) -> None:
     """Mark a prefetch task's exception as seen (it is re-raised where it is awaited)."""
     if not task.cancelled():
         task.exception()

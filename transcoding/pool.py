@@ -4,6 +4,11 @@ Why processes: codecs hold the GIL, and pylibjpeg-openjpeg segfaults when two th
 once (FIELD-NOTES). Each worker is one process running one job at a time, so no codec ever runs
 on the event loop, in a thread of the server process, or concurrently with itself in a process.
 
+The workers are started (and their codec imports run) as soon as the Transcoder is made, from
+a background thread, so the first request does not pay for process start-up. A transcode is
+answered as soon as the worker returns it; its rendition is written to the cache in the
+background (held in memory until the file is in place, so a request meanwhile still hits).
+
 A worker that dies (segfault, abort, OOM kill) breaks the whole ``ProcessPoolExecutor``; every
 job in flight then fails with BrokenProcessPool. The pool is rebuilt once per breakage and each
 affected job is retried once on the new pool; a job that breaks the pool again (the culprit,
@@ -13,6 +18,8 @@ usually) fails with WorkerCrashed. The server process itself is never touched.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import logging
 import multiprocessing
 import os
 import threading
@@ -31,6 +38,8 @@ from transcoding.errors import WorkerCrashed
 from transcoding.service import RenderParams, Source
 
 T = TypeVar("T")
+
+log = logging.getLogger("arca.transcoding")
 
 
 @dataclass
@@ -52,10 +61,12 @@ class Transcoder:
         cache_dir: Path | None = None,
         *,
         start_method: str = "forkserver",
+        warm: bool = True,
     ) -> None:
         """``cache_dir`` (e.g. ``data/cache``) enables the rendition cache, bounded by
         ``settings.cache_bytes``. ``start_method`` is forkserver or spawn: never fork, which
-        would copy the server's threads and locks into the worker."""
+        would copy the server's threads and locks into the worker. ``warm`` starts every
+        worker now (in a background thread) instead of on the first job."""
         if start_method not in ("forkserver", "spawn"):
             raise ValueError(f"start method {start_method!r}: use forkserver or spawn")
         self.workers = settings.workers or os.cpu_count() or 1
@@ -67,7 +78,22 @@ class Transcoder:
             RenditionCache(cache_dir, settings.cache_bytes) if cache_dir is not None else None
         )
         self._inflight: dict[tuple[str, str], asyncio.Task[bytes]] = {}
+        self._writing: dict[tuple[str, str], bytes] = {}
+        """Renditions on their way into the cache (served from here until the file is in)."""
+        self._writes: set[asyncio.Task[None]] = set()
         self.stats = TranscoderStats()
+        if warm:
+            threading.Thread(target=self._warm_up, name="transcoder-warm-up", daemon=True).start()
+
+    def _warm_up(self) -> None:
+        """Start every worker process with a no-op job (spawn + codec imports take seconds)."""
+        with self._lock:
+            executor = self._executor
+        # Not waited for: a failure here shows again on the first real job (which rebuilds
+        # the pool); RuntimeError means the pool was closed before this thread ran.
+        with contextlib.suppress(RuntimeError):
+            for _ in range(self.workers):
+                executor.submit(jobs.worker_pid)
 
     def _new_executor(self) -> ProcessPoolExecutor:
         return ProcessPoolExecutor(
@@ -87,9 +113,8 @@ class Transcoder:
     ) -> bytes:
         if cache_key is None or self._cache is None:
             return await self._transcode_in_worker(source, target_syntax)
-        cached = await asyncio.to_thread(self._cache.get, cache_key, target_syntax)
+        cached = await self.cached(cache_key, target_syntax)
         if cached is not None:
-            self.stats.cache_hits += 1
             return cached
         # Single flight: concurrent requests for one rendition share one encode.
         key = (cache_key, target_syntax)
@@ -100,6 +125,20 @@ class Transcoder:
             task.add_done_callback(lambda _t: self._inflight.pop(key, None))
         # shield: one client going away must not cancel the encode the others wait for.
         return await asyncio.shield(task)
+
+    async def cached(self, cache_key: str, target_syntax: str) -> bytes | None:
+        """The cached rendition, or None (no cache, or not cached: answered without I/O).
+
+        Lets a caller skip opening the source when the rendition is already there."""
+        if self._cache is None:
+            return None
+        key = (cache_key, target_syntax)
+        data = self._writing.get(key)
+        if data is None and key in self._cache:
+            data = await asyncio.to_thread(self._cache.get, cache_key, target_syntax)
+        if data is not None:
+            self.stats.cache_hits += 1
+        return data
 
     async def frames(
         self, source: Source, frame_numbers: list[int], target_syntax: str | None
@@ -112,7 +151,9 @@ class Transcoder:
     # -- lifecycle -----------------------------------------------------------------------------
 
     async def aclose(self) -> None:
-        """Stop the workers (waits for running jobs)."""
+        """Stop the workers (waits for running jobs and cache writes)."""
+        if self._writes:
+            await asyncio.gather(*self._writes, return_exceptions=True)
         await asyncio.to_thread(self._executor.shutdown, True, cancel_futures=True)
 
     def close(self) -> None:
@@ -139,8 +180,21 @@ class Transcoder:
     ) -> bytes:
         data = await self._transcode_in_worker(source, target_syntax)
         if self._cache is not None:
-            await asyncio.to_thread(self._cache.put, key[0], target_syntax, data)
+            # The answer does not wait for the cache file (fsync'd: milliseconds).
+            self._writing[key] = data
+            write = asyncio.ensure_future(self._write_cache(key, data))
+            self._writes.add(write)
+            write.add_done_callback(self._writes.discard)
         return data
+
+    async def _write_cache(self, key: tuple[str, str], data: bytes) -> None:
+        assert self._cache is not None
+        try:
+            await asyncio.to_thread(self._cache.put, key[0], key[1], data)
+        except OSError as exc:  # a full cache disk costs a re-encode later, nothing more
+            log.warning("rendition not cached: %s", exc)
+        finally:
+            self._writing.pop(key, None)
 
     async def _run(self, fn: Callable[..., T], *args: Any, retry: bool = True) -> T:
         loop = asyncio.get_running_loop()

@@ -1,0 +1,179 @@
+"""WADO-RS series retrieve in batches: Content-Length, order across batches, the hot_path
+shortcut and its fallback, blobs whose size disagrees with the index."""
+
+from __future__ import annotations
+
+import hashlib
+import io
+from pathlib import Path
+
+import pydicom
+import pytest
+
+from dicomweb.multipart import closing_delimiter, part_header
+from dicomweb.wado import BATCH_BYTES, WadoService, _Batch, _PartQueue
+from storage.errors import CorruptBlob
+from storage.model import InstanceLocation, Tier
+from tests.dicomweb.conftest import (
+    DicomwebServer,
+    make_instance,
+    multipart_parts,
+    unique_patient,
+)
+
+EXPLICIT_LE = "1.2.840.10008.1.2.1"
+
+
+def test_series_over_several_batches_keeps_order_and_sends_content_length(
+    dw: DicomwebServer,
+) -> None:
+    pid = unique_patient()
+    first = make_instance("693_UNCI.dcm", patient_id=pid)
+    rest = [
+        make_instance("693_UNCI.dcm", patient_id=pid, study=first.study, series=first.series)
+        for _ in range(9)
+    ]
+    stored: dict[str, bytes] = {}
+    datasets = []
+    for n, inst in enumerate([first, *rest], start=1):
+        inst.ds.InstanceNumber = n
+        buf = io.BytesIO()
+        inst.ds.save_as(buf, enforce_file_format=True)
+        stored[inst.sop] = buf.getvalue()
+        datasets.append(pydicom.dcmread(io.BytesIO(buf.getvalue())))
+    dw.client().store_instances(datasets)
+    assert sum(map(len, stored.values())) > BATCH_BYTES  # more than one batch
+    series_url = f"/studies/{first.study}/series/{first.series}"
+    with dw.http() as http:
+        r = http.get(series_url)
+        j2k = http.get(
+            series_url,
+            headers={
+                "Accept": 'multipart/related; type="application/dicom"; '
+                "transfer-syntax=1.2.840.10008.1.2.4.90"
+            },
+        )
+    assert r.status_code == 200
+    assert r.headers["content-length"] == str(len(r.content))
+    parts = multipart_parts(r.content, r.headers["content-type"])
+    got = [pydicom.dcmread(io.BytesIO(p)) for _, p in parts]
+    assert [int(ds.InstanceNumber) for ds in got] == list(range(1, 11))
+    for ds, (_, data) in zip(got, parts, strict=True):
+        assert data == stored[str(ds.SOPInstanceUID)]  # byte for byte
+    # Transcoded parts have no length known up front: chunked, still complete and in order.
+    assert j2k.status_code == 200
+    assert "content-length" not in j2k.headers
+    j2k_parts = multipart_parts(j2k.content, j2k.headers["content-type"])
+    numbers = [int(pydicom.dcmread(io.BytesIO(p)).InstanceNumber) for _, p in j2k_parts]
+    assert numbers == list(range(1, 11))
+
+
+# -- _read_batch against a stand-in archive ------------------------------------------------
+
+
+class _Reader:
+    def __init__(self, path: Path) -> None:
+        self.local_path: Path | None = None  # as a cold-tier reader: bytes only
+        self.data = path.read_bytes()
+        self.size = len(self.data)
+        self.closed = False
+
+    async def read_all(self) -> bytes:
+        return self.data
+
+    async def close(self) -> None:
+        self.closed = True
+
+
+class _Archive:
+    """open_blob reads files under ``root``; hot_path names files under ``hot`` (which may
+    be missing, as after a migration)."""
+
+    def __init__(self, root: Path, hot: Path | None) -> None:
+        self.root, self.hot = root, hot
+        self.opened: list[_Reader] = []
+
+    async def open_blob(self, location: InstanceLocation) -> _Reader:
+        reader = _Reader(self.root / location.blob_key)
+        self.opened.append(reader)
+        return reader
+
+    def hot_path(self, location: InstanceLocation) -> Path | None:
+        return None if self.hot is None else self.hot / location.blob_key
+
+
+def _location(key: str, size: int) -> InstanceLocation:
+    return InstanceLocation(
+        study_uid="1.2",
+        series_uid="1.2.3",
+        sop_instance_uid=f"1.2.3.{key}",
+        sop_class_uid="1.2.840.10008.5.1.4.1.1.2",
+        transfer_syntax_uid=EXPLICIT_LE,
+        blob_key=key,
+        tier=Tier.HOT,
+        size=size,
+        sha256=hashlib.sha256(key.encode()).hexdigest(),
+    )
+
+
+def _service(archive: _Archive) -> WadoService:
+    return WadoService(archive, None, lambda _r: "http://x")  # type: ignore[arg-type]
+
+
+def _blobs(root: Path, count: int) -> list[tuple[str, bytes]]:
+    root.mkdir(parents=True, exist_ok=True)
+    blobs = []
+    for n in range(count):
+        data = bytes([n]) * (1000 + n)
+        (root / f"b{n}").write_bytes(data)
+        blobs.append((f"b{n}", data))
+    return blobs
+
+
+def _expected(blobs: list[tuple[str, bytes]], boundary: str) -> bytes:
+    head = part_header(boundary, f"application/dicom; transfer-syntax={EXPLICIT_LE}")
+    return b"".join(head + data for _, data in blobs)
+
+
+@pytest.mark.parametrize("hot", ["present", "moved", "none"])
+async def test_read_batch_from_hot_files_or_through_the_archive(tmp_path: Path, hot: str) -> None:
+    blobs = _blobs(tmp_path / "store", 5)
+    hot_dir = {"present": tmp_path / "store", "moved": tmp_path / "gone", "none": None}[hot]
+    archive = _Archive(tmp_path / "store", hot_dir)
+    wado = _service(archive)
+    sendable = [(_location(k, len(d)), EXPLICIT_LE) for k, d in blobs]
+    queue = _PartQueue(wado, sendable, "bnd")
+    [batch] = queue.units
+    assert isinstance(batch, _Batch)
+    buf = await wado._read_batch(batch)
+    assert bytes(buf) == _expected(blobs, "bnd")
+    assert queue.content_length == len(buf) + len(closing_delimiter("bnd"))
+    # hot files are read directly; otherwise every part went through open_blob, now closed
+    assert len(archive.opened) == (0 if hot == "present" else 5)
+    assert all(r.closed for r in archive.opened)
+
+
+@pytest.mark.parametrize("hot", [True, False])
+async def test_blob_size_other_than_the_index_aborts(tmp_path: Path, hot: bool) -> None:
+    blobs = _blobs(tmp_path / "store", 3)
+    archive = _Archive(tmp_path / "store", tmp_path / "store" if hot else None)
+    wado = _service(archive)
+    sendable = [
+        (_location(k, len(d) + (1 if n == 1 else 0)), EXPLICIT_LE) for n, (k, d) in enumerate(blobs)
+    ]
+    queue = _PartQueue(wado, sendable, "bnd")
+    [batch] = queue.units
+    assert isinstance(batch, _Batch)
+    with pytest.raises(CorruptBlob, match="the index says"):
+        await wado._read_batch(batch)
+    assert all(r.closed for r in archive.opened)
+
+
+def test_batches_split_at_batch_bytes(tmp_path: Path) -> None:
+    wado = _service(_Archive(tmp_path, None))
+    size = BATCH_BYTES // 3
+    sendable = [(_location(f"k{n}", size), EXPLICIT_LE) for n in range(7)]
+    queue = _PartQueue(wado, sendable, "bnd")
+    sizes = [len(u.locations) for u in queue.units if isinstance(u, _Batch)]
+    assert sizes == [2, 2, 2, 1]  # 3 parts plus their headers would pass BATCH_BYTES
+    assert all(u.nbytes <= BATCH_BYTES for u in queue.units if isinstance(u, _Batch))
