@@ -10,12 +10,13 @@ from __future__ import annotations
 import json
 import shutil
 import subprocess
+from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
 import pytest
 
-from tests.conftest import StartArca, free_port, run_arca
+from tests.conftest import ArcaProcess, StartArca, free_port, run_arca
 
 BUNDLE = "app.bundle.0f6159c501addfe9.js"
 INDEX = (
@@ -30,8 +31,9 @@ RUNTIME = '(() => {\n__webpack_require__.p = "/";\n})();\nconsole.log("app");\n'
 CSS = "@font-face{src:url(/a34f9d1faa5f3315.woff2)}body{background:url('/bg.png')}"
 
 
-@pytest.fixture
-def dist(tmp_path: Path) -> Path:
+@pytest.fixture(scope="module")
+def dist(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    tmp_path = tmp_path_factory.mktemp("ohif")
     folder = tmp_path / "dist"
     (folder / "assets").mkdir(parents=True)
     (folder / "index.html").write_text(INDEX)
@@ -44,10 +46,24 @@ def dist(tmp_path: Path) -> Path:
     return folder
 
 
-def test_index_and_client_routes_are_rebased_under_viewer(
-    start_arca: StartArca, dist: Path
-) -> None:
-    arca = start_arca("--viewer", "--viewer-dir", str(dist))
+@pytest.fixture(scope="module")
+def arca(dist: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[ArcaProcess]:
+    """One server for the tests that only read: the stand-in build, DICOMweb under a prefix."""
+    base = tmp_path_factory.mktemp("arca-viewer-routes")
+    proc = ArcaProcess(
+        base / "data",
+        base / "arca.log",
+        ["--viewer", "--viewer-dir", str(dist)],
+        dicomweb_root="/pacs/dicom-web",
+    )
+    proc.start()
+    try:
+        yield proc
+    finally:
+        proc.stop()
+
+
+def test_index_and_client_routes_are_rebased_under_viewer(arca: ArcaProcess) -> None:
     with httpx.Client(base_url=arca.base_url) as http:
         redirect = http.get("/viewer")
         assert redirect.status_code == 308
@@ -79,8 +95,7 @@ def test_index_and_client_routes_are_rebased_under_viewer(
         assert http.head("/viewer/viewer?StudyInstanceUIDs=1.2.3").status_code == 200
 
 
-def test_assets_are_rebased_or_served_as_they_are(start_arca: StartArca, dist: Path) -> None:
-    arca = start_arca("--viewer", "--viewer-dir", str(dist))
+def test_assets_are_rebased_or_served_as_they_are(arca: ArcaProcess, dist: Path) -> None:
     with httpx.Client(base_url=arca.base_url) as http:
         bundle = http.get(f"/viewer/{BUNDLE}")
         assert bundle.status_code == 200
@@ -127,10 +142,7 @@ def _node_config(app_config_js: str, origin: str) -> dict[str, object]:
     return config
 
 
-def test_app_config_points_ohif_at_this_servers_dicomweb_root(
-    start_arca: StartArca, dist: Path
-) -> None:
-    arca = start_arca("--viewer", "--viewer-dir", str(dist), dicomweb_root="/pacs/dicom-web")
+def test_app_config_points_ohif_at_this_servers_dicomweb_root(arca: ArcaProcess) -> None:
     response = httpx.get(arca.base_url + "/viewer/app-config.js")
     assert response.status_code == 200
     assert response.headers["content-type"].startswith("text/javascript")
