@@ -18,7 +18,8 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from conformance import attributes as A
-from storage.errors import NotFound
+from conformance.statuses import StowFailure
+from storage.errors import IngestRejected, NotFound
 from storage.frames import spans_from_json, spans_to_json
 from storage.index.compile import compile_query
 from storage.index.schema import instances, patients, series, series_requests, studies
@@ -111,13 +112,30 @@ def _instance_values(analysis: Analysis, tier: Tier) -> dict[str, Any]:
     }
 
 
+def _check_series_study(analysis: Analysis, study_uid_of_series: str) -> None:
+    """A SeriesInstanceUID is unique across studies (PS3.3 C.7.3.1): one that the archive
+    already holds under another study is refused, never filed under that other study."""
+    if study_uid_of_series != analysis.study_uid:
+        raise IngestRejected(
+            StowFailure.CANNOT_UNDERSTAND,
+            f"SeriesInstanceUID {analysis.series_uid} already belongs to study "
+            f"{study_uid_of_series}, not to this instance's study {analysis.study_uid}; "
+            "the sender reused a series UID (fix its UID generation or the object)",
+        )
+
+
 async def _series_pk(conn: AsyncConnection, analysis: Analysis) -> int:
     # Most instances join a series that exists already: one indexed lookup.
     existing = (
-        await conn.execute(select(series.c.id).where(series.c.series_uid == analysis.series_uid))
-    ).scalar_one_or_none()
+        await conn.execute(
+            select(series.c.id, studies.c.study_uid)
+            .select_from(series.join(studies, series.c.study_pk == studies.c.id))
+            .where(series.c.series_uid == analysis.series_uid)
+        )
+    ).one_or_none()
     if existing is not None:
-        return int(existing)
+        _check_series_study(analysis, existing.study_uid)
+        return int(existing.id)
     stamp = now()
     patient_columns = dict(analysis.columns[A.PATIENT])
     identity = {
@@ -157,6 +175,16 @@ async def _series_pk(conn: AsyncConnection, analysis: Analysis) -> int:
             "created_at": stamp,
         },
     )
+    if not created:
+        # Another writer created the series meanwhile: it must be in this study too.
+        owner = (
+            await conn.execute(select(series.c.study_pk).where(series.c.id == series_pk))
+        ).scalar_one()
+        if owner != study_pk:
+            study_of_series = (
+                await conn.execute(select(studies.c.study_uid).where(studies.c.id == owner))
+            ).scalar_one()
+            _check_series_study(analysis, study_of_series)
     if created and analysis.requests:
         await conn.execute(
             series_requests.insert(), [{"series_pk": series_pk, **r} for r in analysis.requests]

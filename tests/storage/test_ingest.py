@@ -546,3 +546,34 @@ async def test_series_deleted_under_a_concurrent_ingest_is_recreated(
     outcome = await archive.ingest(write(ds, tmp_path))
     assert outcome.status is IngestStatus.STORED and calls == 2
     assert len(await archive.locate(ds.StudyInstanceUID, ds.SeriesInstanceUID)) == 1
+
+
+async def test_series_uid_of_another_study_is_refused(archive: Archive, tmp_path: Path) -> None:
+    # PS3.3 C.7.3.1: a SeriesInstanceUID belongs to one study. A sender that reuses it in
+    # another study gets a refusal naming both studies; nothing is filed under the first.
+    series = generate_uid()
+    first_study, second_study = generate_uid(), generate_uid()
+    await archive.ingest(write(make_dataset(study=first_study, series=series), tmp_path / "a"))
+    second = make_dataset(study=second_study, series=series)
+    with pytest.raises(IngestRejected) as caught:
+        await archive.ingest(write(second, tmp_path / "b"))
+    assert caught.value.failure is StowFailure.CANNOT_UNDERSTAND
+    assert first_study in caught.value.message and second_study in caught.value.message
+    await _nothing_stored(archive, second.SOPInstanceUID)
+    [study] = (await archive.search(Query(QueryLevel.STUDY))).matches
+    assert study.StudyInstanceUID == first_study
+    assert study.NumberOfStudyRelatedInstances == 1
+
+
+async def test_concurrent_series_uid_reuse_across_studies(archive: Archive, tmp_path: Path) -> None:
+    # Two studies racing to create the same series: one wins, the other is refused.
+    series = generate_uid()
+    paths = [
+        write(make_dataset(study=generate_uid(), series=series), tmp_path / f"s{i}")
+        for i in range(2)
+    ]
+    results = await asyncio.gather(*(archive.ingest(p) for p in paths), return_exceptions=True)
+    stored = [r for r in results if not isinstance(r, BaseException)]
+    refused = [r for r in results if isinstance(r, IngestRejected)]
+    assert len(stored) == 1 and len(refused) == 1
+    assert len((await archive.search(Query(QueryLevel.STUDY))).matches) == 1

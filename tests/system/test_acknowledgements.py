@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import httpx
-import pytest
 from pydicom.uid import generate_uid
 
 from tests.conftest import ArcaProcess
@@ -12,6 +11,8 @@ from tests.system.http import DICOM_MULTIPART, stow
 
 REFERENCED_SOP_SEQUENCE = "00081199"
 RETRIEVE_URL = "00081190"
+FAILED_SOP_SEQUENCE = "00081198"
+FAILURE_REASON = "00081197"
 
 
 def _retrieve_urls(response: httpx.Response) -> list[str]:
@@ -19,26 +20,29 @@ def _retrieve_urls(response: httpx.Response) -> list[str]:
     return [item[RETRIEVE_URL]["Value"][0] for item in items]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="storage files an instance under the study that first indexed its "
-    "SeriesInstanceUID; STOW acknowledges it under its own study, where WADO answers 404",
-)
-def test_series_uid_reused_across_studies_is_not_silently_misfiled(
+def test_series_uid_reused_across_studies_is_refused_not_misfiled(
     arca_session: ArcaProcess,
 ) -> None:
     # Real-world data sometimes reuses a SeriesInstanceUID in another study (broken modality
-    # UID generation). arca must either refuse the second object or keep it retrievable
-    # where its acknowledgement says it is.
+    # UID generation). arca refuses the second object (FailureReason 0xC000, a Warning that
+    # names both studies) rather than filing it under the first study.
     series = generate_uid()
-    first = small_ct(study_uid=generate_uid(), series_uid=series)
-    second = small_ct(study_uid=generate_uid(), series_uid=series)
+    first_study, second_study = generate_uid(), generate_uid()
+    first = small_ct(study_uid=first_study, series_uid=series)
+    second = small_ct(study_uid=second_study, series_uid=series)
     with httpx.Client(timeout=60) as client:
-        assert stow(client, arca_session.dicomweb_url, [first]).status_code == 200
-        r = stow(client, arca_session.dicomweb_url, [second])
-        if r.status_code != 200:
-            return  # refused: fine, as long as nothing was acknowledged
+        r = stow(client, arca_session.dicomweb_url, [first])
+        assert r.status_code == 200
         for url in _retrieve_urls(r):
-            if "/instances/" in url:
-                got = client.get(url, headers={"Accept": DICOM_MULTIPART})
-                assert got.status_code == 200, f"acknowledged {url} answers {got.status_code}"
+            got = client.get(url, headers={"Accept": DICOM_MULTIPART})
+            assert got.status_code == 200, f"acknowledged {url} answers {got.status_code}"
+        r = stow(client, arca_session.dicomweb_url, [second])
+        assert r.status_code == 409, r.text
+        [failed] = r.json()[FAILED_SOP_SEQUENCE]["Value"]
+        assert failed[FAILURE_REASON]["Value"] == [0xC000]
+        assert first_study in r.headers.get("Warning", "")
+        gone = client.get(
+            f"{arca_session.dicomweb_url}/studies/{second_study}",
+            headers={"Accept": DICOM_MULTIPART},
+        )
+        assert gone.status_code == 404
