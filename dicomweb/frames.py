@@ -11,6 +11,7 @@ Bulk data honours a single ``Range: bytes=a-b`` (RFC 9110 §14) with 206 / Conte
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import re
 from pathlib import Path
@@ -106,9 +107,16 @@ class FrameService:
     ) -> list[bytes]:
         if not target.transcode and loc.frames is not None:
             spans = [loc.frames[n - 1].fragments for n in numbers]
+            total = sum(length for span in spans for _, length in span)
+            hot_path = getattr(self.archive, "hot_path", None)
+            path: Path | None = hot_path(loc) if hot_path is not None else None
+            if path is not None and total <= INLINE_READ_BYTES:
+                # A hot-tier file named without I/O (optional archive method): open and read
+                # it right here, no thread hop; gone (migrated) means ask the archive.
+                with contextlib.suppress(FileNotFoundError):
+                    return _read_spans(path, spans)
             reader = await self.archive.open_blob(loc)
             try:
-                total = sum(length for span in spans for _, length in span)
                 if reader.local_path is not None:
                     # One file read for all spans: on the loop when small (a page-cache read
                     # costs less than a thread hop), else in one worker thread.

@@ -81,6 +81,9 @@ class _Reader:
     async def read_all(self) -> bytes:
         return self.data
 
+    async def read_range(self, offset: int, length: int) -> bytes:
+        return self.data[offset : offset + length]
+
     async def close(self) -> None:
         self.closed = True
 
@@ -177,3 +180,29 @@ def test_batches_split_at_batch_bytes(tmp_path: Path) -> None:
     sizes = [len(u.locations) for u in queue.units if isinstance(u, _Batch)]
     assert sizes == [2, 2, 2, 1]  # 3 parts plus their headers would pass BATCH_BYTES
     assert all(u.nbytes <= BATCH_BYTES for u in queue.units if isinstance(u, _Batch))
+
+
+@pytest.mark.parametrize("hot", ["present", "moved", "none"])
+async def test_frames_read_from_the_hot_file_or_through_the_archive(
+    tmp_path: Path, hot: str
+) -> None:
+    from dataclasses import replace
+
+    from dicomweb.frames import FrameService
+    from dicomweb.media import FrameTarget
+    from storage.model import FrameSpan
+
+    [(key, data)] = _blobs(tmp_path / "store", 1)
+    hot_dir = {"present": tmp_path / "store", "moved": tmp_path / "gone", "none": None}[hot]
+    archive = _Archive(tmp_path / "store", hot_dir)
+    loc = replace(
+        _location(key, len(data)),
+        number_of_frames=2,
+        frames=(FrameSpan(((0, 10),)), FrameSpan(((10, 5), (20, 3)))),
+    )
+    service = FrameService(archive, None)  # type: ignore[arg-type]
+    target = FrameTarget("application/octet-stream", EXPLICIT_LE, False, False)
+    got = await service._frame_bytes(loc, [2, 1], target)
+    assert got == [data[10:15] + data[20:23], data[0:10]]
+    assert len(archive.opened) == (0 if hot == "present" else 1)
+    assert all(r.closed for r in archive.opened)
