@@ -28,6 +28,7 @@ from storage.blobs import BlobReader, BlobStore
 from storage.cold import S3BlobStore
 from storage.errors import (
     DuplicateInstance,
+    MissingBlob,
     NotFound,
     OutOfResources,
     StorageError,
@@ -304,11 +305,23 @@ class Archive:
         return found
 
     async def open_blob(self, location: InstanceLocation) -> BlobReader:
-        if self.tiers is not None:
-            # Follows a migration that moved the blob since locate(); verifies cold reads
-            # against the ingest SHA-256 and recalls the study in the background.
-            return await self.tiers.open_blob(location)
-        return await self._store_for(location.tier.value).open(location.blob_key)
+        try:
+            if self.tiers is not None:
+                # Follows a migration that moved the blob since locate(); verifies cold reads
+                # against the ingest SHA-256 and recalls the study in the background.
+                return await self.tiers.open_blob(location)
+            return await self._store_for(location.tier.value).open(location.blob_key)
+        except NotFound:
+            # Deleted since locate() (a real 404), or lost while still indexed (a fault).
+            async with self._db(self._read) as conn:
+                still_indexed = await repository.blob_is_named(conn, location.blob_key)
+            if not still_indexed:
+                raise
+            raise MissingBlob(
+                f"instance {location.sop_instance_uid} is indexed but its stored object "
+                f"{location.blob_key} is missing from the {location.tier.value} tier; "
+                "run `arca verify` and restore it from backup"
+            ) from None
 
     async def read_bulkdata(self, location: InstanceLocation, path: str) -> bytes:
         """The value of the element a BulkDataURI's ``path`` names (see storage.metadata).

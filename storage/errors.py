@@ -9,7 +9,8 @@
     │   └── DuplicateInstance     same SOPInstanceUID, other bytes, policy REJECT
     ├── OutOfResources            disk full, quota, body too large for the spool
     ├── StoreUnavailable          a tier (cold object store, database) cannot be reached now
-    └── CorruptBlob               a blob's bytes do not match the SHA-256 recorded at ingest
+    ├── CorruptBlob               a blob's bytes do not match the SHA-256 recorded at ingest
+    └── MissingBlob               the index names an instance whose blob is gone from its tier
 
 ``dicomweb`` translates these to HTTP statuses / STOW failure reasons in one table;
 ``dimse`` to DIMSE statuses in one guard. Driver exceptions (sqlite3, asyncpg, OSError,
@@ -56,3 +57,8 @@ class StoreUnavailable(StorageError):
 
 class CorruptBlob(StorageError):
     """Stored bytes fail their recorded SHA-256; never served as valid."""
+
+
+class MissingBlob(StorageError):
+    """An indexed instance's blob is missing: an integrity fault of the archive (HTTP 500 with
+    a pointer to ``arca verify``), not an unknown resource (404)."""

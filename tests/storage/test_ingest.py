@@ -17,7 +17,13 @@ from pydicom.uid import generate_uid
 from config.settings import OverwritePolicy
 from conformance.statuses import StowFailure
 from storage.archive import BULKDATA_BASE, Archive
-from storage.errors import DuplicateInstance, IngestRejected, NotFound, OutOfResources
+from storage.errors import (
+    DuplicateInstance,
+    IngestRejected,
+    MissingBlob,
+    NotFound,
+    OutOfResources,
+)
 from storage.model import IngestStatus, Tier
 from storage.query import Query, QueryLevel
 from tests.storage.factory import MR_IMAGE_STORAGE, make_dataset, write, write_bare
@@ -577,3 +583,17 @@ async def test_concurrent_series_uid_reuse_across_studies(archive: Archive, tmp_
     refused = [r for r in results if isinstance(r, IngestRejected)]
     assert len(stored) == 1 and len(refused) == 1
     assert len((await archive.search(Query(QueryLevel.STUDY))).matches) == 1
+
+
+async def test_lost_blob_is_an_integrity_fault_not_not_found(
+    archive: Archive, tmp_path: Path
+) -> None:
+    outcome = await archive.ingest(write(make_dataset(), tmp_path / "in"))
+    [location] = await archive.locate(outcome.study_uid)
+    await archive.hot.delete(location.blob_key)  # lost behind the archive's back
+    with pytest.raises(MissingBlob, match="arca verify"):
+        await archive.open_blob(location)
+    # Deleted through the archive after locate(): that one really is gone (404).
+    await archive.delete(outcome.study_uid)
+    with pytest.raises(NotFound):
+        await archive.open_blob(location)

@@ -46,3 +46,20 @@ def test_series_uid_reused_across_studies_is_refused_not_misfiled(
             headers={"Accept": DICOM_MULTIPART},
         )
         assert gone.status_code == 404
+
+
+def test_instance_whose_blob_was_lost_answers_500_not_404(arca_session: ArcaProcess) -> None:
+    # A blob removed behind arca's back is an integrity fault of the archive: a viewer must
+    # not be told the instance does not exist (404); the message points at `arca verify`.
+    study, series = generate_uid(), generate_uid()
+    with httpx.Client(timeout=60) as client:
+        r = stow(client, arca_session.dicomweb_url, [small_ct(study_uid=study, series_uid=series)])
+        assert r.status_code == 200
+        [blob] = list((arca_session.data_dir / "hot" / study).rglob("*.dcm"))
+        blob.unlink()
+        [url] = [u for u in _retrieve_urls(r) if "/instances/" in u]
+        got = client.get(url, headers={"Accept": DICOM_MULTIPART})
+        assert got.status_code == 500
+        assert "arca verify" in got.json()["error"]
+        # The rest of the archive keeps answering.
+        assert client.get(f"{arca_session.dicomweb_url}/studies").status_code == 200
