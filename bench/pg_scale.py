@@ -37,6 +37,7 @@ from typing import Any
 
 import asyncpg
 import httpx
+from sqlalchemy.dialects import postgresql
 
 from config.settings import StorageSettings
 from dicomweb.qido import build_query
@@ -57,6 +58,9 @@ MR_IMAGE_STORAGE = "1.2.840.10008.5.1.4.1.1.4"
 EXPLICIT_LE = "1.2.840.10008.1.2.1"
 UID_ROOT = "1.2.826.0.1.3680043.8.498.77"  # synthetic, under a documented example root
 OHIF_INCLUDE = "00081030,00080060"
+PATHS = ("match_sql", "in_process", "http")
+"""match_sql: the matching SELECT alone; in_process: Archive.search (+ computed attributes and
+rendering); http: GET /dicom-web/studies on a real ``arca serve``."""
 
 SURNAMES = [
     "SMITH",
@@ -536,6 +540,27 @@ def _summary(samples: list[float], matches: int) -> dict[str, Any]:
     }
 
 
+async def time_match_sql(name: str, all_cases: list[Case], runs: int) -> dict[str, Any]:
+    """Only the matching SELECT (no computed attributes, no rendering): where time goes."""
+    engine = index_engine.create_engine("postgresql+asyncpg://" + db_url(name).split("://", 1)[1])
+    out: dict[str, Any] = {}
+    try:
+        async with engine.connect() as conn:
+            for case in all_cases:
+                statement = compile_query(build_query(QueryLevel.STUDY, case.params, {})[0])
+                for _ in range(5):
+                    rows = (await conn.execute(statement.statement)).all()
+                samples = []
+                for _ in range(runs):
+                    t0 = time.perf_counter()
+                    rows = (await conn.execute(statement.statement)).all()
+                    samples.append((time.perf_counter() - t0) * 1000)
+                out[case.name] = _summary(samples, len(rows))
+    finally:
+        await engine.dispose()
+    return out
+
+
 async def time_in_process(name: str, all_cases: list[Case], runs: int) -> dict[str, Any]:
     settings = StorageSettings(
         data_dir=Path(tempfile.mkdtemp(prefix="pg-scale-")), index_url=db_url(name)
@@ -593,13 +618,14 @@ def time_http(name: str, all_cases: list[Case], runs: int) -> dict[str, Any]:
             url = base + "/dicom-web/studies"
             headers = {"Accept": "application/dicom+json"}
             for case in all_cases:
+                params: list[tuple[str, str | int | float | bool | None]] = list(case.params)
                 for _ in range(5):
-                    r = client.get(url, params=case.params, headers=headers)
+                    r = client.get(url, params=params, headers=headers)
                     r.raise_for_status()
                 samples = []
                 for _ in range(runs):
                     t0 = time.perf_counter()
-                    r = client.get(url, params=case.params, headers=headers)
+                    r = client.get(url, params=params, headers=headers)
                     samples.append((time.perf_counter() - t0) * 1000)
                     r.raise_for_status()
                 out[case.name] = _summary(samples, len(r.json()) if r.status_code == 200 else 0)
@@ -618,11 +644,8 @@ async def explain(name: str, case: Case) -> str:
     """EXPLAIN ANALYZE of the matching statement (the one that scales with the index)."""
     query, _ = build_query(QueryLevel.STUDY, case.params, {})
     compiled = compile_query(query).statement
-    from sqlalchemy.dialects import postgresql
-
-    sql = str(
-        compiled.compile(dialect=postgresql.dialect(), compile_kwargs={"literal_binds": True})
-    )
+    dialect: Any = postgresql.dialect()  # type: ignore[no-untyped-call]
+    sql = str(compiled.compile(dialect=dialect, compile_kwargs={"literal_binds": True}))
     conn = await asyncpg.connect(db_url(name))
     try:
         rows = await conn.fetch("EXPLAIN (ANALYZE, BUFFERS) " + sql)
@@ -636,7 +659,7 @@ def table(results: dict[str, Any]) -> str:
         "| query | path | min ms | p50 ms | p95 ms | matches | vs 50 ms p95 |",
         "|---|---|---:|---:|---:|---:|---|",
     ]
-    for path in ("in_process", "http"):
+    for path in PATHS:
         for case, s in results.get(path, {}).items():
             verdict = "MET" if s["met"] else "MISSED"
             times = f"{s['min_ms']:.2f} | {s['p50_ms']:.2f} | {s['p95_ms']:.2f}"
@@ -658,16 +681,12 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         results: dict[str, Any] = {"database": name, "instances": args.instances, "counts": counts}
         # The machine is shared: the load average says how contended the timings were.
         results["loadavg_before"] = os.getloadavg()
+        results["match_sql"] = await time_match_sql(name, all_cases, args.runs)
         results["in_process"] = await time_in_process(name, all_cases, args.runs)
         if args.http:
             results["http"] = await asyncio.to_thread(time_http, name, all_cases, args.runs)
         results["loadavg_after"] = os.getloadavg()
-        missed = {
-            c
-            for path in ("in_process", "http")
-            for c, s in results.get(path, {}).items()
-            if not s["met"]
-        }
+        missed = {c for path in PATHS for c, s in results.get(path, {}).items() if not s["met"]}
         results["explain"] = {c.name: await explain(name, c) for c in all_cases if c.name in missed}
         return results
     finally:

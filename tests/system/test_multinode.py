@@ -191,7 +191,9 @@ def _parts(response: httpx.Response) -> list[bytes]:
     head = f"Content-Type: {response.headers['content-type']}\r\n\r\n".encode()
     message = BytesParser(policy=HTTP).parsebytes(head + response.content)
     assert message.is_multipart()
-    return [part.get_payload(decode=True) for part in message.iter_parts()]
+    bodies = [part.get_payload(decode=True) for part in message.iter_parts()]
+    assert all(isinstance(b, bytes) for b in bodies)
+    return [b for b in bodies if isinstance(b, bytes)]
 
 
 def _instances_by_uid(parts: list[bytes]) -> dict[str, bytes]:
