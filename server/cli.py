@@ -148,6 +148,27 @@ def build_parser() -> argparse.ArgumentParser:
     )
     verify.add_argument("--study", metavar="UID", help="check only this StudyInstanceUID")
 
+    tier = sub.add_parser("tier", help="hot/cold blob tiers: status and manual migration")
+    tier_sub = tier.add_subparsers(dest="tier_command", metavar="COMMAND", required=True)
+    tier_sub.add_parser(
+        "status",
+        parents=[common],
+        help="instances and bytes on the hot and the cold tier",
+        description="Print how many instances and bytes each blob tier holds.",
+    )
+    tier_migrate = tier_sub.add_parser(
+        "migrate",
+        parents=[common],
+        help="move one study to the hot or the cold tier",
+        description=(
+            "Move a study's blobs to the cold (S3) tier or recall them to the hot tier: copy, "
+            "verify the SHA-256, switch the index, then delete the old copy. Safe while "
+            "`arca serve` runs. Exit status 1 when something was not moved."
+        ),
+    )
+    tier_migrate.add_argument("--study", required=True, metavar="UID", help="StudyInstanceUID")
+    tier_migrate.add_argument("--to", required=True, choices=["hot", "cold"], help="target tier")
+
     db = sub.add_parser("db", help="index database maintenance")
     db_sub = db.add_subparsers(dest="db_command", metavar="COMMAND", required=True)
     db_sub.add_parser(
@@ -188,6 +209,32 @@ def configure_logging(level: str) -> None:
         logging.getLogger(name).setLevel(quiet)
 
 
+def _run_tier(settings: Settings, args: argparse.Namespace) -> int:
+    """``arca tier status`` / ``arca tier migrate`` (storage.tiering through the Archive)."""
+    import asyncio
+
+    from storage.archive import open_archive
+    from storage.errors import StorageError
+
+    async def run() -> int:
+        archive = await open_archive(settings.storage)
+        try:
+            if args.tier_command == "status":
+                sys.stdout.write((await archive.tier_status()).describe())
+                return 0
+            result = await archive.migrate_study(args.study, args.to)
+            sys.stdout.write(result.describe())
+            return 0 if result.complete else 1
+        finally:
+            await archive.close()
+
+    try:
+        return asyncio.run(run())
+    except StorageError as exc:
+        sys.stderr.write(f"arca tier: {exc}\n")
+        return 1
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -197,7 +244,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ConfigError as exc:
         parser.exit(2, f"arca: configuration error: {exc}\n")
     configure_logging(settings.log_level)
-    if args.command in ("import", "verify") and settings.log_level != "debug":
+    if args.command in ("import", "verify", "tier") and settings.log_level != "debug":
         # Schema checks on open are routine here; the summary is what the user reads.
         logging.getLogger("alembic").setLevel(logging.WARNING)
 
@@ -213,6 +260,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         from server.commands import run_verify
 
         return run_verify(settings, args.study)
+    if args.command == "tier":
+        return _run_tier(settings, args)
     if args.command == "db":
         from server.commands import run_db_upgrade
 
