@@ -18,19 +18,22 @@ class StoredStudy:
     sha256: dict[str, str]
     """SOPInstanceUID -> SHA-256 of the bytes ingested."""
     size: int
-    """Bytes of one instance (all slices have the same size)."""
+    """Bytes of the last instance (slices differ by a few bytes: UIDs vary in length)."""
+    total: int
+    """Bytes of all instances."""
 
 
 async def ingest_series(archive: Archive, n: int, tmp: Path) -> StoredStudy:
     series = ct_series(n, tmp)
     sha: dict[str, str] = {}
-    size = 0
+    size = total = 0
     for path, uid in zip(series.paths, series.sop_instance_uids, strict=True):
         sha[uid] = hashlib.sha256(path.read_bytes()).hexdigest()
         outcome = await archive.ingest(path)
         assert outcome.sha256 == sha[uid]
         size = outcome.size
-    return StoredStudy(series.study_uid, series.series_uid, sha, size)
+        total += size
+    return StoredStudy(series.study_uid, series.series_uid, sha, size, total)
 
 
 async def tiers_of(archive: Archive, study_uid: str) -> dict[str, Tier]:

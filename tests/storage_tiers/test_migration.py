@@ -22,10 +22,10 @@ async def test_hot_cold_hot_keeps_bytes(tiered_archive: Archive, tmp_path: Path)
     assert set((await tiers_of(archive, study.study_uid)).values()) == {Tier.HOT}
     status = await archive.tier_status()
     assert (status.hot.instances, status.cold.instances) == (5, 0)
-    assert status.hot.bytes == 5 * study.size
+    assert status.hot.bytes == study.total
 
     result = await archive.migrate_study(study.study_uid, "cold")
-    assert (result.moved, result.bytes, result.failed) == (5, 5 * study.size, ())
+    assert (result.moved, result.bytes, result.failed) == (5, study.total, ())
     assert set((await tiers_of(archive, study.study_uid)).values()) == {Tier.COLD}
     assert set((await copies(archive, study.study_uid)).values()) == {(False, True)}
     await assert_intact(archive, study)
@@ -33,7 +33,7 @@ async def test_hot_cold_hot_keeps_bytes(tiered_archive: Archive, tmp_path: Path)
     assert (status.hot.instances, status.cold.instances, status.cold.bytes) == (
         0,
         5,
-        5 * study.size,
+        study.total,
     )
     again = await archive.migrate_study(study.study_uid, Tier.COLD)
     assert (again.moved, again.already) == (0, 5)

@@ -74,7 +74,7 @@ async def test_cold_retrieval_throughput_with_and_without_prefetch(
     (SQLite index, moto in its own process as the S3 server, default prefetch settings)."""
     assert archive.tiers is not None and archive.prefetcher is not None
     study = await ingest_series(archive, 100, tmp_path / "in")
-    total = 100 * study.size
+    total = study.total
 
     async def read_series(stored: StoredStudy, *, via_metadata: bool) -> float:
         t0 = time.perf_counter()
