@@ -148,9 +148,9 @@ async def test_read_batch_from_hot_files_or_through_the_archive(tmp_path: Path, 
     queue = _PartQueue(wado, sendable, "bnd")
     [batch] = queue.units
     assert isinstance(batch, _Batch)
-    buf = await wado._read_batch(batch)
-    assert bytes(buf) == _expected(blobs, "bnd")
-    assert queue.content_length == len(buf) + len(closing_delimiter("bnd"))
+    body = b"".join(await wado._read_batch(batch))
+    assert body == _expected(blobs, "bnd")
+    assert queue.content_length == len(body) + len(closing_delimiter("bnd"))
     # hot files are read directly; otherwise every part went through open_blob, now closed
     assert len(archive.opened) == (0 if hot == "present" else 5)
     assert all(r.closed for r in archive.opened)
