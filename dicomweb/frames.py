@@ -15,7 +15,6 @@ import contextlib
 import os
 import re
 from pathlib import Path
-from typing import Protocol
 
 from starlette.requests import Request
 from starlette.responses import Response
@@ -38,12 +37,6 @@ from storage.model import InstanceLocation
 from transcoding.service import TranscoderService
 
 _RANGE = re.compile(r"^bytes=(\d*)-(\d*)$")
-
-
-class BulkdataReader(Protocol):
-    """The additive ``read_bulkdata`` method of the concrete archive."""
-
-    async def read_bulkdata(self, location: InstanceLocation, path: str) -> bytes: ...
 
 
 def parse_frame_list(text: str, number_of_frames: int) -> list[int]:
@@ -145,11 +138,7 @@ class FrameService:
             raise NotAcceptable("bulk data is sent as application/octet-stream")
         multipart = any(r.is_multipart for r in ranges[:1])
         [loc] = await self.archive.locate(path.study, path.series, path.instance)
-        reader = getattr(self.archive, "read_bulkdata", None)
-        if reader is None:
-            raise HttpError(501, "this archive cannot serve bulk data")
-        archive: BulkdataReader = self.archive  # type: ignore[assignment]
-        data = await archive.read_bulkdata(loc, request.path_params["path"])
+        data = await self.archive.read_bulkdata(loc, request.path_params["path"])
         status, headers = 200, {"Accept-Ranges": "bytes"}
         range_header = request.headers.get("range")
         if range_header:

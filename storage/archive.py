@@ -107,6 +107,16 @@ class ArchiveService(Protocol):
         StoreUnavailable, CorruptBlob (when a verified read fails its checksum)."""
         ...
 
+    def hot_path(self, location: InstanceLocation) -> Path | None:
+        """The hot-tier file of ``location`` without any I/O (for zero-hop reads of hot
+        blobs), or None when the instance is not on the hot tier. The file may be gone
+        (migrated since locate()): callers then fall back to :meth:`open_blob`."""
+        ...
+
+    async def read_bulkdata(self, location: InstanceLocation, path: str) -> bytes:
+        """The value of the element a BulkDataURI path names; NotFound for none."""
+        ...
+
     async def delete(
         self, study_uid: str, series_uid: str | None = None, sop_instance_uid: str | None = None
     ) -> int:
@@ -322,6 +332,13 @@ class Archive:
                 f"{location.blob_key} is missing from the {location.tier.value} tier; "
                 "run `arca verify` and restore it from backup"
             ) from None
+
+    def hot_path(self, location: InstanceLocation) -> Path | None:
+        if location.tier is not Tier.HOT or not isinstance(self.hot, HotFilesystemStore):
+            return None
+        if self.tiers is not None:
+            self.tiers.touch(location.study_uid)
+        return self.hot.path_of(location.blob_key)
 
     async def read_bulkdata(self, location: InstanceLocation, path: str) -> bytes:
         """The value of the element a BulkDataURI's ``path`` names (see storage.metadata).
