@@ -13,6 +13,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
+from urllib.parse import unquote
 
 import httpx
 import pytest
@@ -174,13 +175,17 @@ def test_study_list_shows_every_study(
     # Typing in the patient filter makes OHIF search again (PatientName=*JLS*, PS3.18 §8.3.4
     # wildcard matching); only the matching study stays.
     jls = _study(studies, "jls")
-    tab.locator("input").first.fill("JLS")
+    # Wait for the search itself: OHIF may hide the other rows before its answer is logged.
+    with tab.expect_response(
+        lambda r: "PatientName=*JLS*" in unquote(r.url), timeout=60_000
+    ) as searched:
+        tab.locator("input").first.fill("JLS")
+    assert searched.value.status == 200
     for study in studies:
         if study is not jls:
             tab.get_by_text(study.name_in_list, exact=True).wait_for(state="detached")
     tab.get_by_text(jls.name_in_list, exact=True).wait_for()
     browser.save("study-list-filtered", tab)
-    assert any("PatientName=*JLS*" in r[1] and r[0] == 200 for r in network.responses)
     # The list is OHIF's QIDO-RS search, answered as DICOM JSON.
     searches = [r for r in network.responses if "/dicom-web/studies?" in r[1]]
     assert searches, network.responses
