@@ -24,6 +24,7 @@ from dicomweb.errors import HttpError
 from dicomweb.media import (
     OCTET_STREAM,
     FrameTarget,
+    MediaRange,
     NotAcceptable,
     accepts_octet_stream,
     negotiate_frames,
@@ -37,6 +38,7 @@ from storage.model import InstanceLocation
 from transcoding.service import TranscoderService
 
 _RANGE = re.compile(r"^bytes=(\d*)-(\d*)$")
+PIXEL_DATA_PATH = "7FE00010"
 
 
 def parse_frame_list(text: str, number_of_frames: int) -> list[int]:
@@ -82,6 +84,11 @@ class FrameService:
         ranges = parse_accept(request.headers.get("accept"))
         [loc] = await self.archive.locate(path.study, path.series, path.instance)
         numbers = parse_frame_list(request.path_params["frames"], loc.number_of_frames)
+        return await self._frames_response(loc, numbers, ranges)
+
+    async def _frames_response(
+        self, loc: InstanceLocation, numbers: list[int], ranges: list[MediaRange]
+    ) -> Response:
         can_encode = self.transcoder.can_encode if self.transcoder else None
         target = negotiate_frames(ranges, loc.transfer_syntax_uid, can_encode)
         # One frame goes single part unless the client asked for multipart; several frames
@@ -134,10 +141,20 @@ class FrameService:
     async def bulkdata(self, request: Request) -> Response:
         path = ResourcePath.of(request)
         ranges = parse_accept(request.headers.get("accept"))
+        [loc] = await self.archive.locate(path.study, path.series, path.instance)
+        if (
+            request.path_params["path"].upper() == PIXEL_DATA_PATH
+            and loc.number_of_frames
+            and not is_native(loc.transfer_syntax_uid)
+        ):
+            # PS3.18 §8.7.3.3: compressed Pixel Data as bulk data is its frames, one part each,
+            # in the stored syntax when the Accept allows it, else decoded: never the
+            # item-encoded value.
+            frames = list(range(1, loc.number_of_frames + 1))
+            return await self._frames_response(loc, frames, ranges)
         if not accepts_octet_stream(ranges):
             raise NotAcceptable("bulk data is sent as application/octet-stream")
         multipart = any(r.is_multipart for r in ranges[:1])
-        [loc] = await self.archive.locate(path.study, path.series, path.instance)
         data = await self.archive.read_bulkdata(loc, request.path_params["path"])
         status, headers = 200, {"Accept-Ranges": "bytes"}
         range_header = request.headers.get("range")
