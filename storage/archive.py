@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import errno
 import hashlib
 import io
 from collections.abc import AsyncIterator
@@ -19,7 +18,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from pydicom import dcmread
-from sqlalchemy.exc import DBAPIError, IntegrityError, SQLAlchemyError
+from sqlalchemy.exc import DBAPIError, SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from config.settings import OverwritePolicy, StorageSettings
@@ -30,7 +29,6 @@ from storage.errors import (
     DuplicateInstance,
     MissingBlob,
     NotFound,
-    OutOfResources,
     StorageError,
     StoreUnavailable,
 )
@@ -235,7 +233,7 @@ class Archive:
         try:
             try:
                 inserted, old = await self._index(analysis, replace)
-            except _IndexConflict:
+            except engine.IndexConflict:
                 # A concurrent delete removed the series/study this transaction was joining
                 # (PostgreSQL, READ COMMITTED): once more, creating them anew.
                 inserted, old = await self._index(analysis, replace)
@@ -417,38 +415,9 @@ class Archive:
     # -- plumbing -------------------------------------------------------------------------
 
     @contextlib.asynccontextmanager
-    async def _db(self, engine: AsyncEngine, *, begin: bool = False) -> AsyncIterator[Any]:
-        """A connection (in a transaction when ``begin``), driver errors mapped to ours."""
-        try:
-            if begin:
-                async with engine.begin() as conn:
-                    yield conn
-            else:
-                async with engine.connect() as conn:
-                    yield conn
-        except StorageError:
-            raise
-        except IntegrityError as exc:
-            raise _IndexConflict(f"index conflict: {exc.orig}") from exc
-        except (DBAPIError, SQLAlchemyError, OSError) as exc:
-            raise index_error(exc) from exc
-
-
-class _IndexConflict(StoreUnavailable):
-    """A constraint failed under a concurrent writer; the transaction may be retried."""
-
-
-def index_error(exc: Exception) -> StorageError:
-    """A database driver error in the storage tree: a full disk is OutOfResources (SQLite
-    SQLITE_FULL, PostgreSQL SQLSTATE 53100 disk_full / 53200 out_of_memory), the rest
-    StoreUnavailable."""
-    original = getattr(exc, "orig", None) or exc
-    text = str(original)
-    sqlstate = getattr(original, "sqlstate", None) or getattr(original, "pgcode", None)
-    no_space = isinstance(original, OSError) and original.errno in (errno.ENOSPC, errno.EDQUOT)
-    if no_space or "database or disk is full" in text or sqlstate in ("53100", "53200"):
-        return OutOfResources(f"index out of space: {text}")
-    return StoreUnavailable(f"index unavailable: {text}")
+    async def _db(self, db: AsyncEngine, *, begin: bool = False) -> AsyncIterator[Any]:
+        async with engine.connect(db, begin=begin) as conn:
+            yield conn
 
 
 async def _sha256_of(store: BlobStore, key: str) -> str:
@@ -481,7 +450,7 @@ async def open_archive(settings: StorageSettings, *, bulkdata_threshold: int = 1
         await write_engine.dispose()
         if read_engine is not write_engine:
             await read_engine.dispose()
-        raise index_error(exc) from exc
+        raise engine.index_error(exc) from exc
     hot = HotFilesystemStore(settings.data_dir / "hot")
     cold = None
     if settings.cold_store:
@@ -510,4 +479,4 @@ async def upgrade_index(settings: StorageSettings) -> None:
     try:
         await engine.upgrade_index(settings)
     except (DBAPIError, SQLAlchemyError, OSError) as exc:
-        raise index_error(exc) from exc
+        raise engine.index_error(exc) from exc

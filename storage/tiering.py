@@ -43,7 +43,6 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from sqlalchemy import Select, func, select, update
-from sqlalchemy.exc import DBAPIError, SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from config.settings import StorageSettings
@@ -51,6 +50,7 @@ from storage.blobs import BlobReader
 from storage.cold import S3BlobStore
 from storage.errors import CorruptBlob, NotFound, StorageError, StoreUnavailable
 from storage.hot import HotFilesystemStore
+from storage.index import engine as index_engine
 from storage.index.schema import instances, series, studies
 from storage.model import InstanceLocation, Tier
 
@@ -645,17 +645,8 @@ class TierManager:
 
     @contextlib.asynccontextmanager
     async def _db(self, engine: AsyncEngine, *, begin: bool = False) -> AsyncIterator[Any]:
-        try:
-            if begin:
-                async with engine.begin() as conn:
-                    yield conn
-            else:
-                async with engine.connect() as conn:
-                    yield conn
-        except StorageError:
-            raise
-        except (DBAPIError, SQLAlchemyError, OSError) as exc:
-            raise StoreUnavailable(f"index unavailable: {exc}") from exc
+        async with index_engine.connect(engine, begin=begin) as conn:
+            yield conn
 
 
 class _KeepingReader:

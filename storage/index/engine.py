@@ -9,14 +9,19 @@ writes could fail with SQLITE_BUSY without waiting when another process wrote in
 
 from __future__ import annotations
 
+import contextlib
+import errno
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
 from sqlalchemy import event, text
 from sqlalchemy.engine import Connection
-from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
+from sqlalchemy.exc import DBAPIError, IntegrityError, SQLAlchemyError
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 
 from config.settings import StorageSettings
+from storage.errors import OutOfResources, StorageError, StoreUnavailable
 
 MIGRATIONS_DIR = Path(__file__).resolve().parent.parent / "migrations"
 SQLITE_BUSY_TIMEOUT_MS = 30_000
@@ -100,3 +105,39 @@ async def upgrade_index(settings: StorageSettings) -> None:
         await upgrade_engine(engine)
     finally:
         await engine.dispose()
+
+
+class IndexConflict(StoreUnavailable):
+    """A constraint failed under a concurrent writer; the transaction may be retried."""
+
+
+def index_error(exc: Exception) -> StorageError:
+    """A database driver error in the storage tree: a full disk is OutOfResources (SQLite
+    SQLITE_FULL, PostgreSQL SQLSTATE 53100 disk_full / 53200 out_of_memory), the rest
+    StoreUnavailable."""
+    original = getattr(exc, "orig", None) or exc
+    text = str(original)
+    sqlstate = getattr(original, "sqlstate", None) or getattr(original, "pgcode", None)
+    no_space = isinstance(original, OSError) and original.errno in (errno.ENOSPC, errno.EDQUOT)
+    if no_space or "database or disk is full" in text or sqlstate in ("53100", "53200"):
+        return OutOfResources(f"index out of space: {text}")
+    return StoreUnavailable(f"index unavailable: {text}")
+
+
+@contextlib.asynccontextmanager
+async def connect(engine: AsyncEngine, *, begin: bool = False) -> AsyncIterator[AsyncConnection]:
+    """A connection (in a transaction when ``begin``) whose driver errors come out as the
+    storage error tree: the one place they are translated."""
+    try:
+        if begin:
+            async with engine.begin() as conn:
+                yield conn
+        else:
+            async with engine.connect() as conn:
+                yield conn
+    except StorageError:
+        raise
+    except IntegrityError as exc:
+        raise IndexConflict(f"index conflict: {exc.orig}") from exc
+    except (DBAPIError, SQLAlchemyError, OSError) as exc:
+        raise index_error(exc) from exc

@@ -500,7 +500,7 @@ def test_index_errors_map_to_storage_errors() -> None:
 
     from sqlalchemy.exc import OperationalError
 
-    from storage.archive import index_error
+    from storage.index.engine import index_error
     from storage.errors import StoreUnavailable
 
     full = OperationalError("INSERT", {}, sqlite3.OperationalError("database or disk is full"))
