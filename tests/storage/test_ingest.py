@@ -500,8 +500,8 @@ def test_index_errors_map_to_storage_errors() -> None:
 
     from sqlalchemy.exc import OperationalError
 
-    from storage.index.engine import index_error
     from storage.errors import StoreUnavailable
+    from storage.index.engine import index_error
 
     full = OperationalError("INSERT", {}, sqlite3.OperationalError("database or disk is full"))
     assert isinstance(index_error(full), OutOfResources)
