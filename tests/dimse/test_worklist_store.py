@@ -2,13 +2,9 @@
 
 from __future__ import annotations
 
-import asyncio
-import concurrent.futures
-import uuid
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
-import asyncpg
 import pytest
 from pydicom.dataset import Dataset
 
@@ -22,34 +18,15 @@ from storage.worklist import (
     WorklistStatus,
     WorklistStore,
 )
+from tests.pg import fresh_database
 
-PG_ADMIN_DSN = "postgresql://postgres@127.0.0.1:5432/postgres"
 SPS = 0x0040_0100
-
-
-def _pg_admin(sql: str) -> None:
-    async def run() -> None:
-        conn = await asyncpg.connect(PG_ADMIN_DSN)
-        try:
-            await conn.execute(sql)
-        finally:
-            await conn.close()
-
-    with concurrent.futures.ThreadPoolExecutor(1) as pool:
-        pool.submit(asyncio.run, run()).result()
 
 
 @pytest.fixture(scope="module")
 def pg_url() -> Iterator[str]:
-    name = f"arca_test_{uuid.uuid4().hex}"
-    try:
-        _pg_admin(f'CREATE DATABASE "{name}"')
-    except (OSError, asyncpg.PostgresError) as exc:
-        pytest.skip(f"PostgreSQL on 127.0.0.1:5432 not available: {exc}")
-    try:
-        yield f"postgresql://postgres@127.0.0.1:5432/{name}"
-    finally:
-        _pg_admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    with fresh_database() as url:
+        yield url
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])

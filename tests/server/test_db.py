@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -13,17 +12,8 @@ import pytest
 
 from tests.conftest import StartArca, run_arca
 from tests.data import small_ct, uids_of
+from tests.pg import fresh_database
 from tests.system.http import instance_uids, stow
-
-PG_ADMIN = "postgresql://postgres@127.0.0.1:5432/postgres"
-
-
-async def _admin(sql: str) -> None:
-    conn = await asyncpg.connect(PG_ADMIN)
-    try:
-        await conn.execute(sql)
-    finally:
-        await conn.close()
 
 
 async def _tables(url: str) -> set[str]:
@@ -37,13 +27,8 @@ async def _tables(url: str) -> set[str]:
 
 @pytest.fixture
 def pg_url() -> Iterator[str]:
-    name = f"arca_test_{uuid.uuid4().hex}"
-    try:
-        asyncio.run(_admin(f'CREATE DATABASE "{name}"'))
-    except (OSError, asyncpg.PostgresError) as exc:
-        pytest.skip(f"no PostgreSQL on 127.0.0.1:5432: {exc}")
-    yield f"postgresql://postgres@127.0.0.1:5432/{name}"
-    asyncio.run(_admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+    with fresh_database() as url:
+        yield url
 
 
 def test_db_upgrade_on_sqlite_is_idempotent(tmp_path: Path) -> None:

@@ -6,61 +6,21 @@ PostgreSQL runs on 127.0.0.1:5432 (trust auth). Each test module gets its own da
 
 from __future__ import annotations
 
-import asyncio
-import concurrent.futures
-import uuid
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
-import asyncpg
 import pytest
 
 from config.settings import OverwritePolicy, StorageSettings
 from storage.archive import Archive, open_archive
-
-PG_ADMIN_DSN = "postgresql://postgres@127.0.0.1:5432/postgres"
-
-
-async def _pg_admin_async(sql: str) -> None:
-    conn = await asyncpg.connect(PG_ADMIN_DSN)
-    try:
-        await conn.execute(sql)
-    finally:
-        await conn.close()
-
-
-def _pg_admin(sql: str) -> None:
-    # In a thread of its own: the fixture may be requested from inside a running loop.
-    with concurrent.futures.ThreadPoolExecutor(1) as pool:
-        pool.submit(asyncio.run, _pg_admin_async(sql)).result()
+from tests.pg import fresh_database, truncate_tables
 
 
 @pytest.fixture(scope="module")
 def pg_database() -> Iterator[str]:
     """A fresh PostgreSQL database for one test module; yields its URL."""
-    name = f"arca_test_{uuid.uuid4().hex}"
-    try:
-        _pg_admin(f'CREATE DATABASE "{name}"')
-    except (OSError, asyncpg.PostgresError) as exc:
-        pytest.skip(f"PostgreSQL on 127.0.0.1:5432 not available: {exc}")
-    try:
-        yield f"postgresql://postgres@127.0.0.1:5432/{name}"
-    finally:
-        _pg_admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-
-
-async def _truncate_pg(url: str) -> None:
-    conn = await asyncpg.connect(url)
-    try:
-        tables = await conn.fetch(
-            "SELECT tablename FROM pg_tables WHERE schemaname='public' "
-            "AND tablename <> 'alembic_version'"
-        )
-        if tables:
-            names = ", ".join(f'"{t["tablename"]}"' for t in tables)
-            await conn.execute(f"TRUNCATE {names} RESTART IDENTITY CASCADE")
-    finally:
-        await conn.close()
+    with fresh_database() as url:
+        yield url
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])
@@ -85,7 +45,7 @@ async def archive(storage_settings: StorageSettings) -> AsyncIterator[Archive]:
         # Migrate first (a no-op after the module's first test), then empty the tables.
         first = await open_archive(storage_settings)
         await first.close()
-        await _truncate_pg(storage_settings.index_url)
+        await truncate_tables(storage_settings.index_url)
     opened = await open_archive(storage_settings)
     try:
         yield opened

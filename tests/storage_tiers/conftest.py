@@ -14,7 +14,6 @@ from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-import asyncpg
 import boto3
 import pytest
 from moto.server import ThreadedMotoServer
@@ -22,6 +21,7 @@ from moto.server import ThreadedMotoServer
 from config.settings import StorageSettings
 from storage.archive import Archive, open_archive
 from storage.cold import S3BlobStore
+from tests.pg import fresh_database, truncate_tables
 
 # moto accepts any credentials unless told otherwise; obstore needs some to sign requests.
 os.environ.setdefault("AWS_ACCESS_KEY_ID", "arca-test")
@@ -92,43 +92,11 @@ async def cold(moto_s3: MotoS3, bucket: str) -> AsyncIterator[S3BlobStore]:
     await store.close()
 
 
-PG_ADMIN_DSN = "postgresql://postgres@127.0.0.1:5432/postgres"
-
-
-async def _pg_admin(sql: str) -> None:
-    conn = await asyncpg.connect(PG_ADMIN_DSN)
-    try:
-        await conn.execute(sql)
-    finally:
-        await conn.close()
-
-
 @pytest.fixture(scope="module")
 def pg_url() -> Iterator[str]:
     """A fresh PostgreSQL database for one test module (dropped afterwards)."""
-    name = f"arca_test_{uuid.uuid4().hex}"
-    try:
-        asyncio.run(_pg_admin(f'CREATE DATABASE "{name}"'))
-    except (OSError, asyncpg.PostgresError) as exc:
-        pytest.skip(f"PostgreSQL on 127.0.0.1:5432 not available: {exc}")
-    try:
-        yield f"postgresql://postgres@127.0.0.1:5432/{name}"
-    finally:
-        asyncio.run(_pg_admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-
-
-async def _truncate_pg(url: str) -> None:
-    conn = await asyncpg.connect(url)
-    try:
-        tables = await conn.fetch(
-            "SELECT tablename FROM pg_tables WHERE schemaname='public' "
-            "AND tablename <> 'alembic_version'"
-        )
-        if tables:
-            names = ", ".join(f'"{t["tablename"]}"' for t in tables)
-            await conn.execute(f"TRUNCATE {names} RESTART IDENTITY CASCADE")
-    finally:
-        await conn.close()
+    with fresh_database() as url:
+        yield url
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])
@@ -143,7 +111,7 @@ def tier_settings(
     """Settings of an archive with a cold tier in a fresh bucket, on SQLite or PostgreSQL."""
     index_url = request.getfixturevalue("pg_url") if backend == "postgresql" else None
     if index_url is not None:
-        asyncio.run(_truncate_pg_if_migrated(index_url))
+        asyncio.run(truncate_tables(index_url))
     return StorageSettings(
         data_dir=tmp_path / "data",
         index_url=index_url,
@@ -153,16 +121,6 @@ def tier_settings(
         prefetch_max_concurrency=2,
         prefetch_max_bytes=64 * 1024**2,
     )
-
-
-async def _truncate_pg_if_migrated(url: str) -> None:
-    conn = await asyncpg.connect(url)
-    try:
-        migrated = await conn.fetchval("SELECT to_regclass('public.instances') IS NOT NULL")
-    finally:
-        await conn.close()
-    if migrated:
-        await _truncate_pg(url)
 
 
 @pytest.fixture

@@ -33,8 +33,8 @@ from storage.archive import open_archive
 from storage.model import Tier
 from tests.conftest import ArcaProcess, _track
 from tests.data import multipart_related, small_ct, stow_content_type, uids_of
+from tests.pg import fresh_database
 
-PG_ADMIN_DSN = "postgresql://postgres@127.0.0.1:5432/postgres"
 S3_ENV = {
     "AWS_ACCESS_KEY_ID": "arca-multinode",
     "AWS_SECRET_ACCESS_KEY": "arca-multinode-secret",
@@ -46,23 +46,11 @@ NUMBER_OF_STUDY_RELATED_SERIES = "00201206"
 NUMBER_OF_STUDY_RELATED_INSTANCES = "00201208"
 
 
-async def _pg_admin(sql: str) -> None:
-    conn = await asyncpg.connect(PG_ADMIN_DSN)
-    try:
-        await conn.execute(sql)
-    finally:
-        await conn.close()
-
-
 @pytest.fixture(scope="module")
 def pg_index() -> Iterator[str]:
     """A fresh PostgreSQL database for the shared index (dropped afterwards)."""
-    name = f"arca_multinode_{uuid.uuid4().hex[:12]}"
-    asyncio.run(_pg_admin(f'CREATE DATABASE "{name}"'))
-    try:
-        yield f"postgresql://postgres@127.0.0.1:5432/{name}"
-    finally:
-        asyncio.run(_pg_admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+    with fresh_database("arca_multinode", skip_if_absent=False) as url:
+        yield url
 
 
 @pytest.fixture(scope="module")
