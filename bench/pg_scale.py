@@ -4,27 +4,37 @@ Issue #5 asks that a study-list query over 1,000,000 indexed instances answers i
 (p95) on PostgreSQL. This benchmark creates a fresh database, runs arca's own Alembic
 migrations (the real schema), fills patients / studies / series / instances with synthetic but
 realistic rows through COPY (asyncpg ``copy_records_to_table``: minutes, not hours, unlike STOW),
-ANALYZEs, then times each query
+VACUUM ANALYZEs, then times each query
 
+- as SQL alone: the matching SELECT, and the one statement a page runs,
 - in process, through ``Archive.search(build_query(...))`` (the code QIDO runs), and
 - over HTTP, against a real ``arca serve --index postgresql://...`` (what users see).
 
-Run: ``.venv/bin/python -m bench.pg_scale [--instances N] [--runs R] [--keep] [--no-http]
-[--proposed-indexes]``.
+Run: ``.venv/bin/python -m bench.pg_scale [--instances N] [--instances-per-series K] [--runs R]
+[--keep] [--no-http] [--database NAME] [--sqlite PATH]``. Studies have 4 series of K (25)
+instances: a larger K means fewer, larger studies. ``--sqlite`` times the same queries on a
+SQLite index file instead (filled with the same rows by executemany when the file does not
+exist, kept afterwards). ``--database`` reuses a database an earlier ``--keep`` run filled (it
+is upgraded to the current migrations first, which also exercises them on a 1M-instance
+index; give the same K). Besides wall-clock p50/p95, each path records the CPU time per query
+(SQL: the PostgreSQL backend's utime+stime; in process: ``time.process_time``; HTTP: the
+server's utime+stime from /proc), since the machine is shared.
 Prints a markdown table (p50/p95 in ms, MET/MISSED against 50 ms), writes
-``bench/results/pg_scale.json`` and prints EXPLAIN ANALYZE of the main SQL of any query that
-missed. The database is dropped at the end unless ``--keep``.
+``bench/results/pg_scale.json`` and prints EXPLAIN ANALYZE of the page statement of any query
+that missed. The database is dropped at the end unless ``--keep``.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import math
 import os
 import random
 import socket
+import sqlite3
 import statistics
 import subprocess
 import sys
@@ -38,6 +48,7 @@ from typing import Any
 
 import asyncpg
 import httpx
+from sqlalchemy import text
 from sqlalchemy.dialects import postgresql
 
 from config.settings import StorageSettings
@@ -59,9 +70,12 @@ MR_IMAGE_STORAGE = "1.2.840.10008.5.1.4.1.1.4"
 EXPLICIT_LE = "1.2.840.10008.1.2.1"
 UID_ROOT = "1.2.826.0.1.3680043.8.498.77"  # synthetic, under a documented example root
 OHIF_INCLUDE = "00081030,00080060"
-PATHS = ("match_sql", "in_process", "http")
-"""match_sql: the matching SELECT alone; in_process: Archive.search (+ computed attributes and
-rendering); http: GET /dicom-web/studies on a real ``arca serve``."""
+PATHS = ("match_sql", "page_sql", "in_process", "http")
+"""match_sql: the matching SELECT alone (ids of one page); page_sql: the one statement a page
+runs (the matching SELECT as a subquery, each level's JSON, the computed attributes of the
+page's rows); in_process: Archive.search (+ rendering DICOM JSON); http: GET
+/dicom-web/studies on a real ``arca serve``. CPU ms/query: PostgreSQL's backend for the SQL
+paths, this process in process, the server process over HTTP."""
 
 SURNAMES = [
     "SMITH",
@@ -197,11 +211,12 @@ def _js(obj: dict[str, Any]) -> str:
 class Sizing:
     studies: int
     patients: int
+    per_series: int = INSTANCES_PER_SERIES
 
     @classmethod
-    def for_instances(cls, n: int) -> Sizing:
-        studies = max(1, math.ceil(n / (SERIES_PER_STUDY * INSTANCES_PER_SERIES)))
-        return cls(studies=studies, patients=max(1, studies // 2))
+    def for_instances(cls, n: int, per_series: int = INSTANCES_PER_SERIES) -> Sizing:
+        studies = max(1, math.ceil(n / (SERIES_PER_STUDY * per_series)))
+        return cls(studies=studies, patients=max(1, studies // 2), per_series=per_series)
 
 
 def _date(rng: random.Random) -> str:
@@ -391,13 +406,17 @@ _PIXEL = _js({"rows": 512, "columns": 512, "bits_allocated": 16, "samples_per_pi
 
 
 def _instances(
-    series_rows: list[tuple[Any, ...]], studies: list[tuple[Any, ...]], total: int, stamp: str
+    series_rows: list[tuple[Any, ...]],
+    studies: list[tuple[Any, ...]],
+    total: int,
+    stamp: str,
+    per_series: int = INSTANCES_PER_SERIES,
 ) -> Iterator[tuple[Any, ...]]:
     pk = 0
     for row in series_rows:
         study_uid = studies[row[2] - 1][1]
         sop_class = MR_IMAGE_STORAGE if row[3] == "MR" else CT_IMAGE_STORAGE
-        for number in range(1, INSTANCES_PER_SERIES + 1):
+        for number in range(1, per_series + 1):
             pk += 1
             if pk > total:
                 return
@@ -455,31 +474,48 @@ def db_url(name: str) -> str:
     return f"postgresql://postgres@127.0.0.1:5432/{name}"
 
 
-async def migrate(name: str) -> None:
+def engine_url(index_url: str) -> str:
+    """The SQLAlchemy URL arca uses for an ``--index`` value (PostgreSQL or SQLite)."""
+    return StorageSettings(data_dir=Path("."), index_url=index_url).resolved_index_url
+
+
+async def migrate(index_url: str) -> None:
     """arca's own Alembic migrations: the schema is exactly what ``arca serve`` creates."""
-    engine = index_engine.create_engine("postgresql+asyncpg://" + db_url(name).split("://", 1)[1])
+    engine = index_engine.create_engine(engine_url(index_url))
     try:
         await index_engine.upgrade_engine(engine)
     finally:
         await engine.dispose()
 
 
-async def fill(name: str, instances: int, seed: int = 5) -> dict[str, Any]:
-    """COPY synthetic rows into every level; returns counts and how long it took."""
+STAMP = "2026-11-22T00:00:00.000000+00:00"
+"""created/updated time of every generated row."""
+
+
+def _upper_levels(
+    instances: int, per_series: int, seed: int
+) -> tuple[list[tuple[Any, ...]], list[tuple[Any, ...]], list[tuple[Any, ...]]]:
+    """The generated patient, study and series rows (the same for both index kinds)."""
     rng = random.Random(seed)
-    stamp = "2026-11-22T00:00:00.000000+00:00"
-    sizing = Sizing.for_instances(instances)
+    sizing = Sizing.for_instances(instances, per_series)
+    patients = _patients(sizing, rng, STAMP)
+    studies, modality_of = _studies(sizing, patients, rng, STAMP)
+    return patients, studies, _series(studies, modality_of, rng, STAMP)
+
+
+async def fill(
+    name: str, instances: int, per_series: int = INSTANCES_PER_SERIES, seed: int = 5
+) -> dict[str, Any]:
+    """COPY synthetic rows into every level; returns counts and how long it took."""
     started = time.perf_counter()
-    patients = _patients(sizing, rng, stamp)
-    studies, modality_of = _studies(sizing, patients, rng, stamp)
-    series_rows = _series(studies, modality_of, rng, stamp)
+    patients, studies, series_rows = _upper_levels(instances, per_series, seed)
     conn = await asyncpg.connect(db_url(name))
     try:
         await conn.copy_records_to_table("patients", records=patients, columns=PATIENT_COLUMNS)
         await conn.copy_records_to_table("studies", records=studies, columns=STUDY_COLUMNS)
         await conn.copy_records_to_table("series", records=series_rows, columns=SERIES_COLUMNS)
         batch: list[tuple[Any, ...]] = []
-        for record in _instances(series_rows, studies, instances, stamp):
+        for record in _instances(series_rows, studies, instances, STAMP, per_series):
             batch.append(record)
             if len(batch) >= 50_000:
                 await conn.copy_records_to_table(
@@ -494,7 +530,11 @@ async def fill(name: str, instances: int, seed: int = 5) -> dict[str, Any]:
                 f"SELECT setval(pg_get_serial_sequence('{table}', 'id'), "
                 f"(SELECT coalesce(max(id), 1) FROM {table}))"
             )
-        await conn.execute("ANALYZE")
+        # VACUUM, not only ANALYZE: it sets the visibility map, as autovacuum's insert-triggered
+        # run (PostgreSQL 13+) soon does on a real index. Without it, counting a page's
+        # instances (an index-only scan) visits every heap row: ~80 ms instead of ~10 ms for
+        # a page of 2,000-instance studies (--instances-per-series 500).
+        await conn.execute("VACUUM ANALYZE")
         counts = {
             t: int(await conn.fetchval(f"SELECT count(*) FROM {t}"))
             for t in ("patients", "studies", "series", "instances")
@@ -505,27 +545,39 @@ async def fill(name: str, instances: int, seed: int = 5) -> dict[str, Any]:
     return counts
 
 
-PROPOSED_INDEXES = (
-    # The default study order of storage.index.compile._order: LIMIT stops after one page
-    # instead of sorting every study (no-filter study list: ~30-50 ms -> ~1-2 ms, 10k studies).
-    "CREATE INDEX ix_studies_list_order ON studies "
-    "((coalesce(study_date, '')) DESC, (coalesce(study_time, '')) DESC, study_uid)",
-    # InstanceAvailability (storage.index.results._nearline) looks for cold instances of a page.
-    "CREATE INDEX ix_instances_cold ON instances (series_pk) WHERE tier = 'cold'",
-)
-
-
-async def apply_proposed_indexes(name: str) -> None:
-    """What the report proposes as migration 0004 (not part of arca's schema yet)."""
-    conn = await asyncpg.connect(db_url(name))
+def fill_sqlite(
+    path: Path, instances: int, per_series: int = INSTANCES_PER_SERIES, seed: int = 5
+) -> dict[str, Any]:
+    """The same rows into a SQLite index (executemany in one transaction; no COPY there)."""
+    started = time.perf_counter()
+    patients, studies, series_rows = _upper_levels(instances, per_series, seed)
+    tables = (
+        ("patients", PATIENT_COLUMNS, patients),
+        ("studies", STUDY_COLUMNS, studies),
+        ("series", SERIES_COLUMNS, series_rows),
+        (
+            "instances",
+            INSTANCE_COLUMNS,
+            _instances(series_rows, studies, instances, STAMP, per_series),
+        ),
+    )
+    conn = sqlite3.connect(path)
     try:
-        for statement in PROPOSED_INDEXES:
-            await conn.execute(statement)
-        # Everything is cached on this machine: random I/O costs about what sequential does.
-        await conn.execute(f'ALTER DATABASE "{name}" SET random_page_cost = 1.1')
-        await conn.execute("ANALYZE")
+        with conn:
+            for table_name, columns, records in tables:
+                marks = ", ".join("?" * len(columns))
+                conn.executemany(
+                    f"INSERT INTO {table_name} ({', '.join(columns)}) VALUES ({marks})", records
+                )
+        conn.execute("ANALYZE")
+        counts: dict[str, Any] = {
+            t: int(conn.execute(f"SELECT count(*) FROM {t}").fetchone()[0])
+            for t in ("patients", "studies", "series", "instances")
+        }
     finally:
-        await conn.close()
+        conn.close()
+    counts["fill_seconds"] = round(time.perf_counter() - started, 1)
+    return counts
 
 
 # -- the queries ----------------------------------------------------------------------------
@@ -543,6 +595,14 @@ def cases(sample_patient_id: str, sample_accession: str) -> list[Case]:
         Case("ModalitiesInStudy=CT", [("ModalitiesInStudy", "CT"), *base]),
         Case("PatientID exact", [("PatientID", sample_patient_id), *base]),
         Case("AccessionNumber exact", [("AccessionNumber", sample_accession), *base]),
+        Case(
+            "StudyDate one year + ModalitiesInStudy=MR",
+            [("StudyDate", "20230101-20231231"), ("ModalitiesInStudy", "MR"), *base],
+        ),
+        Case(
+            "study list page 51 (offset 5050)",
+            [("limit", "101"), ("offset", "5050"), ("includefield", OHIF_INCLUDE)],
+        ),
     ]
 
 
@@ -564,30 +624,39 @@ def _summary(samples: list[float], matches: int) -> dict[str, Any]:
     }
 
 
-async def time_match_sql(name: str, all_cases: list[Case], runs: int) -> dict[str, Any]:
-    """Only the matching SELECT (no computed attributes, no rendering): where time goes."""
-    engine = index_engine.create_engine("postgresql+asyncpg://" + db_url(name).split("://", 1)[1])
+async def time_sql(index_url: str, all_cases: list[Case], runs: int, which: str) -> dict[str, Any]:
+    """One statement alone (``which``: "matching" or "statement" of the compiled query),
+    timed from this client, with the CPU its PostgreSQL backend process spent (SQLite runs
+    in this process: its CPU)."""
+    engine = index_engine.create_engine(engine_url(index_url))
     out: dict[str, Any] = {}
     try:
         async with engine.connect() as conn:
+            if engine.dialect.name == "postgresql":
+                backend = int((await conn.execute(text("SELECT pg_backend_pid()"))).scalar_one())
+            else:
+                backend = os.getpid()
             for case in all_cases:
-                statement = compile_query(build_query(QueryLevel.STUDY, case.params, {})[0])
+                compiled = compile_query(build_query(QueryLevel.STUDY, case.params, {})[0])
+                statement = getattr(compiled, which)
                 for _ in range(5):
-                    rows = (await conn.execute(statement.statement)).all()
+                    rows = (await conn.execute(statement)).all()
                 samples = []
+                cpu0 = _cpu_seconds(backend)
                 for _ in range(runs):
                     t0 = time.perf_counter()
-                    rows = (await conn.execute(statement.statement)).all()
+                    rows = (await conn.execute(statement)).all()
                     samples.append((time.perf_counter() - t0) * 1000)
-                out[case.name] = _summary(samples, len(rows))
+                cpu_ms = (_cpu_seconds(backend) - cpu0) * 1000 / runs
+                out[case.name] = _summary(samples, len(rows)) | {"cpu_ms": round(cpu_ms, 2)}
     finally:
         await engine.dispose()
     return out
 
 
-async def time_in_process(name: str, all_cases: list[Case], runs: int) -> dict[str, Any]:
+async def time_in_process(index_url: str, all_cases: list[Case], runs: int) -> dict[str, Any]:
     settings = StorageSettings(
-        data_dir=Path(tempfile.mkdtemp(prefix="pg-scale-")), index_url=db_url(name)
+        data_dir=Path(tempfile.mkdtemp(prefix="pg-scale-")), index_url=index_url
     )
     archive = await open_archive(settings)
     out: dict[str, Any] = {}
@@ -597,14 +666,22 @@ async def time_in_process(name: str, all_cases: list[Case], runs: int) -> dict[s
             for _ in range(5):
                 result = await archive.search(query)
             samples = []
+            cpu0 = time.process_time()
             for _ in range(runs):
                 t0 = time.perf_counter()
                 result = await archive.search(query)
                 samples.append((time.perf_counter() - t0) * 1000)
-            out[case.name] = _summary(samples, len(result.matches))
+            cpu_ms = (time.process_time() - cpu0) * 1000 / runs
+            out[case.name] = _summary(samples, len(result.matches)) | {"cpu_ms": round(cpu_ms, 2)}
     finally:
         await archive.close()
     return out
+
+
+def _cpu_seconds(pid: int) -> float:
+    """utime + stime of a process (fields 14 and 15 of /proc/<pid>/stat), in seconds."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def _free_port() -> int:
@@ -613,11 +690,11 @@ def _free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def time_http(name: str, all_cases: list[Case], runs: int) -> dict[str, Any]:
+def time_http(index_url: str, all_cases: list[Case], runs: int) -> dict[str, Any]:
     data = Path(tempfile.mkdtemp(prefix="pg-scale-serve-"))
     port = _free_port()
     argv = [
-        sys.executable, "-m", "server.cli", "serve", "--data", str(data), "--index", db_url(name),
+        sys.executable, "-m", "server.cli", "serve", "--data", str(data), "--index", index_url,
         "--http-host", "127.0.0.1", "--http-port", str(port), "--dimse-port", str(_free_port()),
     ]  # fmt: skip
     env = {k: v for k, v in os.environ.items() if not k.startswith("ARCA_")}
@@ -647,12 +724,15 @@ def time_http(name: str, all_cases: list[Case], runs: int) -> dict[str, Any]:
                     r = client.get(url, params=params, headers=headers)
                     r.raise_for_status()
                 samples = []
+                cpu0 = _cpu_seconds(proc.pid)
                 for _ in range(runs):
                     t0 = time.perf_counter()
                     r = client.get(url, params=params, headers=headers)
                     samples.append((time.perf_counter() - t0) * 1000)
                     r.raise_for_status()
-                out[case.name] = _summary(samples, len(r.json()) if r.status_code == 200 else 0)
+                cpu_ms = (_cpu_seconds(proc.pid) - cpu0) * 1000 / runs
+                matches = len(r.json()) if r.status_code == 200 else 0
+                out[case.name] = _summary(samples, matches) | {"cpu_ms": round(cpu_ms, 2)}
     finally:
         proc.terminate()
         try:
@@ -665,7 +745,8 @@ def time_http(name: str, all_cases: list[Case], runs: int) -> dict[str, Any]:
 
 
 async def explain(name: str, case: Case) -> str:
-    """EXPLAIN ANALYZE of the matching statement (the one that scales with the index)."""
+    """EXPLAIN ANALYZE of the one statement of a page (matching subquery and computed
+    attributes)."""
     query, _ = build_query(QueryLevel.STUDY, case.params, {})
     compiled = compile_query(query).statement
     dialect: Any = postgresql.dialect()  # type: ignore[no-untyped-call]
@@ -680,47 +761,118 @@ async def explain(name: str, case: Case) -> str:
 
 def table(results: dict[str, Any]) -> str:
     lines = [
-        "| query | path | min ms | p50 ms | p95 ms | matches | vs 50 ms p95 |",
-        "|---|---|---:|---:|---:|---:|---|",
+        "| query | path | min ms | p50 ms | p95 ms | CPU ms/query | matches | vs 50 ms p95 |",
+        "|---|---|---:|---:|---:|---:|---:|---|",
     ]
     for path in PATHS:
         for case, s in results.get(path, {}).items():
             verdict = "MET" if s["met"] else "MISSED"
             times = f"{s['min_ms']:.2f} | {s['p50_ms']:.2f} | {s['p95_ms']:.2f}"
-            lines.append(f"| {case} | {path} | {times} | {s['matches']} | {verdict} |")
+            cpu = f"{s['cpu_ms']:.2f}" if "cpu_ms" in s else "-"
+            lines.append(f"| {case} | {path} | {times} | {cpu} | {s['matches']} | {verdict} |")
     return "\n".join(lines)
 
 
-async def run(args: argparse.Namespace) -> dict[str, Any]:
-    name = f"arca_scale_{uuid.uuid4().hex[:10]}"
-    await create_database(name)
+async def existing_counts(name: str) -> dict[str, Any]:
+    conn = await asyncpg.connect(db_url(name))
     try:
-        await migrate(name)
-        counts = await fill(name, args.instances)
-        print(f"filled {name}: {counts}", flush=True)
-        if args.proposed_indexes:
-            await apply_proposed_indexes(name)
-        sizing = Sizing.for_instances(args.instances)
-        all_cases = cases(
-            f"PID{max(1, sizing.patients // 3):08d}", f"ACC{max(1, sizing.studies // 2):09d}"
-        )
-        results: dict[str, Any] = {"database": name, "instances": args.instances, "counts": counts}
-        results["proposed_indexes"] = args.proposed_indexes
-        # The machine is shared: the load average says how contended the timings were.
-        results["loadavg_before"] = os.getloadavg()
-        results["match_sql"] = await time_match_sql(name, all_cases, args.runs)
-        results["in_process"] = await time_in_process(name, all_cases, args.runs)
-        if args.http:
-            results["http"] = await asyncio.to_thread(time_http, name, all_cases, args.runs)
-        results["loadavg_after"] = os.getloadavg()
+        await conn.execute("ANALYZE")
+        return {
+            t: int(await conn.fetchval(f"SELECT count(*) FROM {t}"))
+            for t in ("patients", "studies", "series", "instances")
+        }
+    finally:
+        await conn.close()
+
+
+def _uptime() -> str:
+    return subprocess.run(["uptime"], capture_output=True, text=True).stdout.strip()
+
+
+async def run(args: argparse.Namespace) -> dict[str, Any]:
+    """Fill (or reuse) an index, migrate it to the current schema, time every case."""
+    if args.sqlite is not None:
+        return await run_sqlite(args)
+    reuse = args.database is not None
+    name = args.database or f"arca_scale_{uuid.uuid4().hex[:10]}"
+    if not reuse:
+        await create_database(name)
+    try:
+        started = time.perf_counter()
+        await migrate(db_url(name))
+        migrate_seconds = round(time.perf_counter() - started, 1)
+        if reuse:
+            counts = await existing_counts(name)
+            args.instances = counts["instances"]
+            print(f"reusing {name} (migrated in {migrate_seconds} s): {counts}", flush=True)
+        else:
+            counts = await fill(name, args.instances, args.instances_per_series)
+            print(f"filled {name}: {counts}", flush=True)
+        results = await time_cases(args, db_url(name), counts)
+        results["database"] = name
+        # On a reused database this is the upgrade of a filled index (e.g. 0003 -> 0004).
+        results["migrate_seconds"] = migrate_seconds
         missed = {c for path in PATHS for c, s in results.get(path, {}).items() if not s["met"]}
-        results["explain"] = {c.name: await explain(name, c) for c in all_cases if c.name in missed}
+        results["explain"] = {
+            c.name: await explain(name, c) for c in results.pop("cases") if c.name in missed
+        }
         return results
     finally:
-        if args.keep:
+        if args.keep or reuse:
             print(f"kept database {name}", flush=True)
         else:
             await drop_database(name)
+
+
+async def run_sqlite(args: argparse.Namespace) -> dict[str, Any]:
+    """The same on a SQLite index file (filled when it does not exist yet, then kept)."""
+    path: Path = args.sqlite.resolve()
+    fresh = not path.exists()
+    index_url = f"sqlite:///{path}"
+    started = time.perf_counter()
+    await migrate(index_url)
+    migrate_seconds = round(time.perf_counter() - started, 1)
+    if fresh:
+        counts = await asyncio.to_thread(
+            fill_sqlite, path, args.instances, args.instances_per_series
+        )
+    else:
+        with contextlib.closing(sqlite3.connect(path)) as conn:
+            counts = {
+                t: int(conn.execute(f"SELECT count(*) FROM {t}").fetchone()[0])
+                for t in ("patients", "studies", "series", "instances")
+            }
+        args.instances = counts["instances"]
+    print(f"{'filled' if fresh else 'reusing'} {path}: {counts}", flush=True)
+    results = await time_cases(args, index_url, counts)
+    results.pop("cases")
+    results["database"] = str(path)
+    results["migrate_seconds"] = migrate_seconds
+    results["explain"] = {}
+    return results
+
+
+async def time_cases(
+    args: argparse.Namespace, index_url: str, counts: dict[str, Any]
+) -> dict[str, Any]:
+    sizing = Sizing.for_instances(args.instances, args.instances_per_series)
+    all_cases = cases(
+        f"PID{max(1, sizing.patients // 3):08d}", f"ACC{max(1, sizing.studies // 2):09d}"
+    )
+    results: dict[str, Any] = {"instances": args.instances, "counts": counts, "cases": all_cases}
+    # The machine is shared: the load average says how contended the timings were.
+    results["loadavg_before"] = os.getloadavg()
+    results["uptime"] = {"before": _uptime()}
+    results["match_sql"] = await time_sql(index_url, all_cases, args.runs, "matching")
+    results["page_sql"] = await time_sql(index_url, all_cases, args.runs, "statement")
+    results["uptime"]["after SQL"] = _uptime()
+    results["in_process"] = await time_in_process(index_url, all_cases, args.runs)
+    results["uptime"]["after in_process"] = _uptime()
+    if args.http:
+        results["http"] = await asyncio.to_thread(time_http, index_url, all_cases, args.runs)
+        results["uptime"]["after http"] = _uptime()
+    results["loadavg_after"] = os.getloadavg()
+    return results
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -731,16 +883,29 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--runs", type=int, default=50, help="timed runs per query (after 5 warm-up)"
     )
-    parser.add_argument("--keep", action="store_true", help="do not drop the database")
-    parser.add_argument("--no-http", dest="http", action="store_false", help="skip the HTTP timing")
     parser.add_argument(
-        "--proposed-indexes",
-        action="store_true",
-        help="also create the indexes proposed for migration 0004 (and random_page_cost=1.1)",
+        "--instances-per-series",
+        type=int,
+        default=INSTANCES_PER_SERIES,
+        help="instances in each of a study's 4 series (larger studies, fewer of them); "
+        "give the same value again with --database",
     )
+    parser.add_argument("--keep", action="store_true", help="do not drop the database")
+    parser.add_argument(
+        "--database",
+        help="reuse this database (filled by an earlier --keep run; never dropped)",
+    )
+    parser.add_argument(
+        "--sqlite",
+        type=Path,
+        help="time a SQLite index at this path instead (filled if absent, always kept)",
+    )
+    parser.add_argument("--no-http", dest="http", action="store_false", help="skip the HTTP timing")
     parser.add_argument("--out", type=Path, default=RESULTS)
     args = parser.parse_args(argv)
     results = asyncio.run(run(args))
+    for stage, line in results["uptime"].items():
+        print(f"uptime {stage}: {line}")
     print(table(results))
     for case, plan in results["explain"].items():
         print(f"\nEXPLAIN ANALYZE ({case}):\n{plan}")

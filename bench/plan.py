@@ -6,11 +6,19 @@ the remote-site JPEG 2000 and JPEG-LS retrieves, so every "cold" request meets a
 server has never transcoded. With N=300 and R=3 the study is 3,900 slices ≈ 2 GB, which is the
 study the streaming-memory figure retrieves whole. Ingest figures get their own sets (fresh
 UIDs per repetition), and metadata a separate 1,000-instance single-series study.
+
+Transcoded ("cold") figures read series in studies of their own (``solo`` sets, one
+single-series study per cold series index, for the scenarios that use them): arca
+pre-transcodes the rest of a study after a transcoded series retrieve (issue #5), so a cold
+series that shared the retrieve study with the one read before it would no longer be cold.
+Their index in the retrieve study is kept, so ``j2k_cold(k)`` etc. still name them. The
+"pre-transcoded" figure gets R fresh two-series studies (``pairs``): series 0 is read as
+JPEG 2000 first (untimed), series 1 is the measured one.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from bench.dataset import SeriesSet, generate
@@ -24,6 +32,10 @@ class Plan:
     metadata: SeriesSet
     stow_sets: list[SeriesSet]
     cstore_sets: list[SeriesSet]
+    solo: dict[int, SeriesSet] = field(default_factory=dict)
+    """Retrieve-series index → its own single-series study (transcoded figures)."""
+    pairs: list[SeriesSet] = field(default_factory=list)
+    """Per repetition, a two-series study for the pre-transcoded JPEG 2000 figure."""
 
     @classmethod
     def make(cls, root: Path, n: int, r: int, m: int, only: tuple[str, ...]) -> Plan:
@@ -38,7 +50,43 @@ class Plan:
             generate(root, f"cstore-n{n}-{k}", n, seed=100 + k, patient_id=f"BENCHC{k:03d}")
             for k in range(r if "cstore" in only else 0)
         ]
-        return cls(n, r, retrieve, metadata, stow, cstore)
+        plan = cls(n, r, retrieve, metadata, stow, cstore)
+        indexes: list[int] = []
+        if "wado" in only:
+            indexes += [plan.j2k_cold(k) for k in range(r)] + [plan.jls_cold(k) for k in range(r)]
+        if "remote" in only:
+            indexes += [plan.remote_j2k(k) for k in range(r)] + [
+                plan.remote_jls(k) for k in range(r)
+            ]
+        for i in indexes:
+            plan.solo[i] = generate(
+                root, f"solo-n{n}-{i}", n, seed=300 + i, patient_id=f"BENCHT{i:03d}"
+            )
+        if "wado" in only:
+            plan.pairs.extend(
+                generate(
+                    root,
+                    f"pair-n{n}-{k}",
+                    2 * n,
+                    series=2,
+                    seed=400 + k,
+                    patient_id=f"BENCHP{k:03d}",
+                )
+                for k in range(r)
+            )
+        return plan
+
+    def series_ref(self, index: int) -> tuple[str, str]:
+        """(StudyInstanceUID, SeriesInstanceUID) of retrieve series ``index``: in its own
+        study when the plan made one for it (see the module docstring)."""
+        solo = self.solo.get(index)
+        if solo is not None:
+            return solo.study_uid, solo.series_uids[0]
+        return self.retrieve.study_uid, self.retrieve.series_uids[index]
+
+    def extra_sets(self) -> list[SeriesSet]:
+        """The studies loaded besides the retrieve and metadata studies."""
+        return [*self.solo.values(), *self.pairs]
 
     def series(self, index: int) -> tuple[str, list[str]]:
         """(SeriesInstanceUID, its SOPInstanceUIDs) of retrieve series ``index``."""
@@ -64,5 +112,7 @@ class Plan:
         return (
             f"retrieve study {len(self.retrieve)} slices in {len(self.retrieve.series_uids)} "
             f"series ({gb:.2f} GB), metadata study {len(self.metadata)} instances, "
-            f"{len(self.stow_sets)}+{len(self.cstore_sets)} ingest sets of {self.instances}"
+            f"{len(self.stow_sets)}+{len(self.cstore_sets)} ingest sets of {self.instances}, "
+            f"{len(self.solo)} single-series studies for transcoded figures, "
+            f"{len(self.pairs)} two-series studies for the pre-transcoded figure"
         )

@@ -18,7 +18,7 @@ import uuid
 from collections.abc import Callable
 from pathlib import Path
 
-from bench import client, dimse, netns, servers
+from bench import ceiling, client, cold, dimse, netns, servers
 from bench.measure import RssSampler, usage
 from bench.plan import Plan
 from bench.report import Figure, Sample
@@ -150,7 +150,8 @@ class Bench:
     def dcmtk_ceiling(self) -> None:
         """storescu → storescp (--ignore) with no archive between: the DCMTK pair's own rate.
 
-        The C-STORE and C-MOVE figures cannot exceed it, whatever the archive does."""
+        storescp is the receiving end of every C-MOVE sub-operation, so the C-MOVE figure cannot
+        exceed it, whatever the archive does. (It says nothing of C-STORE into an archive.)"""
         if self.scp is None or not self.plan.cstore_sets:
             return
         paths = self.plan.cstore_sets[0].paths
@@ -161,13 +162,13 @@ class Bench:
             return
         self.note(
             f"DCMTK storescu → storescp (--ignore), no archive: {len(paths) / secs:,.1f} "
-            "instances/s — the ceiling of the C-STORE and C-MOVE figures with these peers"
+            "instances/s — the ceiling of the C-MOVE figure, whose destination is storescp"
         )
 
     def load(self) -> None:
         """Put the retrieve and metadata studies into every server (not a measured figure)."""
         for s in self.servers:
-            for st in (self.plan.retrieve, self.plan.metadata):
+            for st in (self.plan.retrieve, self.plan.metadata, *self.plan.extra_sets()):
                 t = time.perf_counter()
                 try:
                     for i in range(0, len(st.paths), 500):
@@ -196,17 +197,22 @@ class Bench:
                 for s in self.order(k):
                     st = self.plan.stow_sets[k]
                     self.measure("stow", s, k, functools.partial(self._stow_rate, s, st.paths))
-        if "cstore" in only:
+        if "cstore" in only or "cmove" in only:
             self.dcmtk_ceiling()
+        if "cstore" in only:
             for k in range(r):
                 for s in self.order(k):
                     st = self.plan.cstore_sets[k]
                     self.measure("cstore", s, k, functools.partial(self._cstore_rate, s, st.paths))
+        if "cold" in only:
+            cold.run(self)  # its own arca (with a cold tier) and moto: see bench/cold.py
         loopback = {"wado", "frames", "metadata", "qido", "cmove", "stream", "remote"}
         if not loopback & set(only):
             return
         self.load()
         self.warm_up()
+        if "wado" in only:
+            self.loopback_ceiling()
         for k in range(r):
             for s in self.order(k):
                 if "wado" in only:
@@ -228,8 +234,28 @@ class Bench:
         if self.profile:
             self.run_profiles()
 
+    def loopback_ceiling(self) -> None:
+        """The native series retrieve against a server with nothing to do (bench.ceiling)."""
+        paths = self.plan.retrieve.paths[: self.plan.instances]
+        server = ceiling.InMemorySeriesServer(paths)
+        try:
+            conn = client.connect(server.url)
+            rates = []
+            for _ in range(max(3, self.plan.repeat)):
+                t = client.get(server.url, client.STORED, conn)
+                rates.append(t.parts / t.seconds)
+            conn.close()
+        finally:
+            server.close()
+        rates.sort()
+        self.note(
+            f"loopback ceiling: the same client reading the series from an in-memory server "
+            f"(sendall, no archive): {rates[len(rates) // 2]:,.0f} images/s (median of "
+            f"{len(rates)}) — no archive's native series retrieve can exceed it"
+        )
+
     def series_url(self, s: servers.Server, index: int) -> str:
-        study, series = self.plan.retrieve.study_uid, self.plan.series(index)[0]
+        study, series = self.plan.series_ref(index)
         return f"{s.base_url}/studies/{study}/series/{series}"
 
     def warm_up(self) -> None:
@@ -260,6 +286,59 @@ class Bench:
         jls = self.series_url(s, self.plan.jls_cold(k))
         self.measure("wado_jls_cold", s, k, lambda: self._retrieve(jls, client.JLS_LOSSLESS, n))
         self.measure("wado_jls_warm", s, k, lambda: self._retrieve(jls, client.JLS_LOSSLESS, n))
+        self._measure_pretranscoded(s, k)
+
+    def _measure_pretranscoded(self, s: servers.Server, k: int) -> None:
+        """Series 1 of a fresh study → JPEG 2000 lossless, after its series 0 was retrieved as
+        JPEG 2000 and the server's background work, if it reports any, is done (both untimed,
+        outside the CPU accounting).
+
+        Both servers get the same two requests; only arca has background work to wait for
+        (its /health ``pretranscode`` queue). The wait and the codec jobs the timed retrieve
+        still ran (arca's /health counters) are recorded with the sample."""
+        n = self.plan.instances
+        pair = self.plan.pairs[k]
+        first, second = (
+            f"{s.base_url}/studies/{pair.study_uid}/series/{uid}" for uid in pair.series_uids
+        )
+        try:
+            t = client.get(first, client.J2K_LOSSLESS)
+            if t.parts != n:
+                raise ValueError(f"first series: got {t.parts} parts, expected {n}")
+            waited = time.perf_counter()
+            jobs_before = self._background_idle(s)
+            waited = time.perf_counter() - waited
+        except (client.BenchHTTPError, OSError, ValueError) as exc:
+            if self._died(s):
+                s.note_crash("wado_j2k_pretranscoded")
+            self.figs["wado_j2k_pretranscoded"].cell(s.name).errors.append(str(exc)[:300])
+            self.say(f"wado_j2k_pretranscoded {s.name}: first series FAILED {str(exc)[:200]}")
+            return
+
+        def run() -> tuple[float, dict[str, float]]:
+            value, extra = self._retrieve(second, client.J2K_LOSSLESS, n)
+            extra["background_wait_s"] = waited
+            jobs_after = self._background_idle(s)
+            if jobs_before is not None and jobs_after is not None:
+                extra["codec_jobs_during"] = jobs_after - jobs_before
+            return value, extra
+
+        self.measure("wado_j2k_pretranscoded", s, k, run)
+
+    def _background_idle(self, s: servers.Server, timeout: float = 600.0) -> int | None:
+        """Wait until arca's pre-transcode queue is empty; its transcode job count then.
+        None for a server without such a report (Orthanc has no background transcoding)."""
+        if not isinstance(s, servers.ArcaServer):
+            return None
+        deadline = time.monotonic() + timeout
+        while True:
+            body = bytearray()
+            client.get(f"http://127.0.0.1:{s.http_port}/health", "application/json", keep=body)
+            health = json.loads(body)
+            queued = (health.get("pretranscode") or {}).get("queued", 0)
+            if not queued or time.monotonic() > deadline:
+                return int((health.get("transcoding") or {}).get("transcode_jobs", 0))
+            time.sleep(0.05)
 
     def frames(self, s: servers.Server, k: int) -> None:
         base = self.series_url(s, 0)

@@ -84,6 +84,20 @@ def process_tree(pid: int) -> list[int]:
     return out
 
 
+def stop_group(proc: subprocess.Popen[bytes], grace: float) -> None:
+    """SIGTERM the process group ``proc`` leads, SIGKILL it after ``grace`` seconds."""
+    if proc.poll() is not None:
+        return
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(proc.pid, signal.SIGTERM)
+    try:
+        proc.wait(grace)
+    except subprocess.TimeoutExpired:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait(10)
+
+
 def rss_bytes(pids: list[int]) -> int:
     """Sum of the resident set sizes of ``pids`` (VmRSS from /proc/PID/status)."""
     total = 0
@@ -154,17 +168,8 @@ class Server:
         return process_tree(self.proc.pid) if self.proc is not None else []
 
     def stop(self) -> None:
-        if self.proc is None:
-            return
-        if self.proc.poll() is None:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(self.proc.pid, signal.SIGTERM)
-            try:
-                self.proc.wait(20)
-            except subprocess.TimeoutExpired:
-                with contextlib.suppress(ProcessLookupError):
-                    os.killpg(self.proc.pid, signal.SIGKILL)
-                self.proc.wait(10)
+        if self.proc is not None:
+            stop_group(self.proc, grace=20)
         self.proc = None
 
     def version(self) -> str:

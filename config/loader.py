@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import enum
+import math
 import tomllib
 import types
 import typing
@@ -107,6 +108,18 @@ OPTIONS: tuple[Option, ...] = (
     Option("transcoding_workers", "transcoding.workers", "ARCA_TRANSCODING_WORKERS",
            "--transcoding-workers", "codec worker processes (default 0 = one per core)",
            metavar="N"),
+    Option("transcoding_job_timeout", "transcoding.job_timeout", "ARCA_TRANSCODING_JOB_TIMEOUT",
+           "--transcoding-job-timeout",
+           "seconds a codec job may run before its worker is killed (default 30, 0 = no limit)",
+           metavar="SECONDS"),
+    Option("prefetch_pretranscode", "storage.prefetch_pretranscode",
+           "ARCA_PREFETCH_PRETRANSCODE", "--prefetch-pretranscode",
+           "after a transcoded WADO-RS retrieve, transcode the rest of the study into that "
+           "syntax in the background: true (default) or false", metavar="BOOL"),
+    Option("prefetch_pretranscode_max_instances", "storage.prefetch_pretranscode_max_instances",
+           "ARCA_PREFETCH_PRETRANSCODE_MAX_INSTANCES", "--prefetch-pretranscode-max-instances",
+           "at most N instances pre-transcoded per study and syntax (default 1000)",
+           metavar="N"),
     Option("log_level", "log_level", "ARCA_LOG_LEVEL", "--log-level",
            "critical, error, warning, info (default) or debug", metavar="LEVEL"),
 )  # fmt: skip
@@ -182,10 +195,24 @@ def validate(settings: Settings) -> None:
     for name, number in (
         ("transcoding.workers", settings.transcoding.workers),
         ("transcoding.cache_bytes", settings.transcoding.cache_bytes),
+        ("transcoding.job_timeout", settings.transcoding.job_timeout),
         ("http.bulkdata_threshold", settings.http.bulkdata_threshold),
+        (
+            "storage.prefetch_pretranscode_max_instances",
+            settings.storage.prefetch_pretranscode_max_instances,
+        ),
+        (
+            "storage.prefetch_pretranscode_max_bytes",
+            settings.storage.prefetch_pretranscode_max_bytes,
+        ),
     ):
         if number < 0:
             raise ConfigError(f"{name}: {number} must not be negative")
+    if not math.isfinite(settings.transcoding.job_timeout):
+        raise ConfigError(
+            f"transcoding.job_timeout: {settings.transcoding.job_timeout} is not a number of "
+            "seconds (0 = no limit)"
+        )
     titles = [ae.ae_title for ae in settings.dimse.remote_aes]
     for title in titles:
         if titles.count(title) > 1:

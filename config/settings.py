@@ -96,6 +96,14 @@ class StorageSettings:
     """When the hot tier holds more than this, the least recently used studies move cold."""
     prefetch_max_concurrency: int = 4
     prefetch_max_bytes: int = 2 * 1024**3
+    prefetch_pretranscode: bool = True
+    """When a WADO-RS retrieve is transcoded (the client asked for a syntax other than the
+    stored one), transcode the rest of the study into that syntax in the background, into the
+    rendition cache (one codec job at a time; only the syntax the client asked for)."""
+    prefetch_pretranscode_max_instances: int = 1000
+    """At most this many instances pre-transcoded per (study, syntax) request."""
+    prefetch_pretranscode_max_bytes: int = 1024**3
+    """At most this many stored bytes pre-transcoded per (study, syntax) request."""
 
     @property
     def resolved_index_url(self) -> str:
@@ -119,7 +127,11 @@ class TranscodingSettings:
     workers: int = 0
     """Worker processes; 0 = one per CPU core."""
     cache_bytes: int = 1024**3
-    """Upper bound of the transcoded-rendition cache (LRU, on disk under data_dir/cache)."""
+    """Upper bound of the rendition cache (LRU, on disk under data_dir/cache): transcoded
+    instances and rendered images."""
+    job_timeout: float = 30.0
+    """Seconds one codec job (a whole-instance transcode, a frame request, a rendering) may
+    run in a worker before the worker is killed and the pool restarted; 0 = no limit."""
 
 
 @dataclass(frozen=True)

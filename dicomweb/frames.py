@@ -6,6 +6,11 @@ the client accepts that syntax's media type (image/jp2, image/jls, image/jpeg, .
 else — another syntax, or objects whose spans could not be indexed — goes to the transcoder.
 
 Bulk data honours a single ``Range: bytes=a-b`` (RFC 9110 §14) with 206 / Content-Range.
+
+Frames carry a strong ETag computed from the instance's SHA-256, the frame numbers and the
+negotiated media type and transfer syntax (and, when transcoded, the codec libraries'
+versions), and answer a matching ``If-None-Match`` with 304 before reading anything
+(:mod:`dicomweb.http_caching`).
 """
 
 from __future__ import annotations
@@ -21,6 +26,7 @@ from starlette.responses import Response
 
 from conformance.transfer_syntaxes import is_native
 from dicomweb.errors import HttpError
+from dicomweb.http_caching import boundary_for, caching_headers, etag_for, not_modified
 from dicomweb.media import (
     OCTET_STREAM,
     FrameTarget,
@@ -35,7 +41,7 @@ from dicomweb.resources import ResourcePath, source_of
 from dicomweb.wado import INLINE_READ_BYTES
 from storage.archive import ArchiveService
 from storage.model import InstanceLocation
-from transcoding.service import TranscoderService
+from transcoding.service import TranscoderService, library_versions
 
 _RANGE = re.compile(r"^bytes=(\d*)-(\d*)$")
 PIXEL_DATA_PATH = "7FE00010"
@@ -60,16 +66,20 @@ def parse_frame_list(text: str, number_of_frames: int) -> list[int]:
 
 
 def _single_or_multipart(
-    parts: list[bytes], part_type: str, multipart: bool, **params: str
+    parts: list[bytes],
+    part_type: str,
+    multipart: bool,
+    headers: dict[str, str] | None = None,
+    boundary: str | None = None,
+    **params: str,
 ) -> Response:
     if not multipart and len(parts) == 1:
-        return Response(parts[0], media_type=part_type)
-    boundary = new_boundary()
+        return Response(parts[0], media_type=part_type, headers=headers)
+    boundary = boundary or new_boundary()
     body = b"".join(part_header(boundary, part_type) + p for p in parts)
     body += closing_delimiter(boundary)
-    return Response(
-        body, media_type=multipart_content_type(part_type.split(";")[0], boundary, **params)
-    )
+    media_type = multipart_content_type(part_type.split(";")[0], boundary, **params)
+    return Response(body, media_type=media_type, headers=headers)
 
 
 class FrameService:
@@ -84,10 +94,14 @@ class FrameService:
         ranges = parse_accept(request.headers.get("accept"))
         [loc] = await self.archive.locate(path.study, path.series, path.instance)
         numbers = parse_frame_list(request.path_params["frames"], loc.number_of_frames)
-        return await self._frames_response(loc, numbers, ranges)
+        return await self._frames_response(loc, numbers, ranges, request)
 
     async def _frames_response(
-        self, loc: InstanceLocation, numbers: list[int], ranges: list[MediaRange]
+        self,
+        loc: InstanceLocation,
+        numbers: list[int],
+        ranges: list[MediaRange],
+        request: Request,
     ) -> Response:
         can_encode = self.transcoder.can_encode if self.transcoder else None
         target = negotiate_frames(ranges, loc.transfer_syntax_uid, can_encode)
@@ -96,10 +110,26 @@ class FrameService:
         multipart = target.multipart or len(numbers) > 1
         if multipart and not target.multipart_ok:
             raise NotAcceptable("several frames are sent as multipart/related only")
-        parts = await self._frame_bytes(loc, numbers, target)
         part_type = f"{target.media_type}; transfer-syntax={target.transfer_syntax}"
+        etag = etag_for(
+            "frames",
+            loc.sha256,
+            ",".join(map(str, numbers)),
+            part_type,
+            "multipart" if multipart else "single",
+            library_versions() if target.transcode or loc.frames is None else "as stored",
+        )
+        unchanged = not_modified(request, etag)
+        if unchanged is not None:
+            return unchanged
+        parts = await self._frame_bytes(loc, numbers, target)
         return _single_or_multipart(
-            parts, part_type, multipart, transfer_syntax=target.transfer_syntax
+            parts,
+            part_type,
+            multipart,
+            caching_headers(etag),
+            boundary_for(etag),
+            transfer_syntax=target.transfer_syntax,
         )
 
     async def _frame_bytes(
@@ -151,7 +181,7 @@ class FrameService:
             # in the stored syntax when the Accept allows it, else decoded: never the
             # item-encoded value.
             frames = list(range(1, loc.number_of_frames + 1))
-            return await self._frames_response(loc, frames, ranges)
+            return await self._frames_response(loc, frames, ranges, request)
         if not accepts_octet_stream(ranges):
             raise NotAcceptable("bulk data is sent as application/octet-stream")
         multipart = any(r.is_multipart for r in ranges[:1])

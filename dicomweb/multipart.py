@@ -10,8 +10,7 @@ and stops reading as soon as the body passes the size limit.
 from __future__ import annotations
 
 import os
-import tempfile
-from collections.abc import AsyncIterable
+from collections.abc import AsyncIterable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import BinaryIO
@@ -78,7 +77,10 @@ def _parse_headers(block: bytes) -> dict[str, str]:
 class _Parser:
     """RFC 2046 §5.1.1 state machine fed with chunks."""
 
-    def __init__(self, boundary: str, spool_dir: Path) -> None:
+    def __init__(
+        self, boundary: str, spool_dir: Path, on_part: Callable[[Part], None] | None = None
+    ) -> None:
+        self.on_part = on_part
         self.dash_boundary = b"--" + boundary.encode("latin-1")
         self.delimiter = _CRLF + self.dash_boundary
         self.spool_dir = spool_dir
@@ -132,8 +134,9 @@ class _Parser:
             self.state = "headers"
             return True
         if self.state == "headers":
-            end, sep = buf.find(b"\r\n\r\n"), 4
-            lf = buf.find(b"\n\n")
+            end, sep = buf.find(b"\r\n\r\n", 0, _MAX_HEADER_BYTES + 4), 4
+            # Bounded: the buffer may already hold much of the body after the headers.
+            lf = buf.find(b"\n\n", 0, end + 2 if end >= 0 else _MAX_HEADER_BYTES + 2)
             if lf >= 0 and (end < 0 or lf < end):
                 end, sep = lf, 2
             if buf.startswith(_CRLF):
@@ -144,9 +147,10 @@ class _Parser:
                 return False
             headers = _parse_headers(bytes(buf[:end]))
             del buf[: end + sep]
-            fd, name = tempfile.mkstemp(prefix="stow-", suffix=".part", dir=self.spool_dir)
+            path = self.spool_dir / f"stow-{os.urandom(12).hex()}.part"
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
             self.file = os.fdopen(fd, "wb")
-            self.part = Part(headers=headers, path=Path(name))
+            self.part = Part(headers=headers, path=path)
             self.result.parts.append(self.part)
             self.state = "body"
             return True
@@ -156,16 +160,20 @@ class _Parser:
             if i < 0:
                 safe = len(buf) - (len(self.delimiter) - 1)
                 if safe > 0:
-                    self.file.write(buf[:safe])
+                    with memoryview(buf) as view:  # no copy of the slice
+                        self.file.write(view[:safe])
                     self.part.size += safe
                     del buf[:safe]
                 return False
-            self.file.write(buf[:i])
+            with memoryview(buf) as view:
+                self.file.write(view[:i])
             self.part.size += i
             self.file.close()
             self.file = None
             del buf[: i + len(self.delimiter)]
             self.state = "after_delimiter"
+            if self.on_part is not None:
+                self.on_part(self.part)
             return True
         # done: the epilogue is ignored (RFC 2046 §5.1.1)
         buf.clear()
@@ -192,15 +200,22 @@ class _Parser:
 
 
 async def spool_multipart(
-    chunks: AsyncIterable[bytes], boundary: str, spool_dir: Path, max_bytes: int
+    chunks: AsyncIterable[bytes],
+    boundary: str,
+    spool_dir: Path,
+    max_bytes: int,
+    on_part: Callable[[Part], None] | None = None,
 ) -> SpooledParts:
     """Read a multipart body chunk by chunk into part files under ``spool_dir``.
+
+    ``on_part`` is called with each part as soon as its file is complete (the rest of the
+    body may still be arriving), so a caller can start working on it.
 
     Raises BodyTooLarge as soon as more than ``max_bytes`` arrived, MalformedMultipart for a
     body that does not parse; in both cases every spooled file is removed.
     """
     spool_dir.mkdir(parents=True, exist_ok=True)
-    parser = _Parser(boundary, spool_dir)
+    parser = _Parser(boundary, spool_dir, on_part)
     total = 0
     try:
         async for chunk in chunks:

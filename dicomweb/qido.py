@@ -18,7 +18,7 @@ from pydicom.datadict import dictionary_VR, tag_for_keyword
 from starlette.requests import Request
 from starlette.responses import Response
 
-from dicomweb.dicom_json import dataset_to_json, json_array_bytes
+from dicomweb.dicom_json import json_array_bytes
 from dicomweb.dicom_xml import json_to_xml
 from dicomweb.errors import HttpError, check_uid
 from dicomweb.media import DICOM_XML, negotiate_metadata, parse_accept
@@ -198,14 +198,13 @@ class QidoService:
         for tag in result.unsupported_keys:
             ignored.append(f"matching on {tag:08X} is not supported; it was ignored")
         base = self.base_url(request)
-        objects = []
-        for ds in result.matches:
-            obj = dataset_to_json(ds)
+        # The index renders DICOM JSON (PS3.18 F.2) from what it stored: no Dataset per match.
+        objects = result.objects
+        for obj in objects:
             if RETRIEVE_URL not in obj:
                 url = _retrieve_url(base, level, obj)
                 if url:
                     obj[RETRIEVE_URL] = {"vr": "UR", "Value": [url]}
-            objects.append(obj)
         headers = {"Warning": warning_header(request, ignored)} if ignored else {}
         if choice.media_type == DICOM_XML:
             # PS3.18 §8.7.4: XML search results are multipart/related, one part per match.

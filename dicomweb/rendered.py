@@ -5,6 +5,14 @@ and series level arca renders one representative instance (the middle one of the
 series with pixel data) instead of every instance: viewers ask those levels only for
 previews. Thumbnails are the same rendering fitted into THUMBNAIL_SIZE (or the viewport
 the client names).
+
+Every rendering is cached in the transcoder's rendition cache under a key made of the
+instance's SHA-256 and everything that changes the output (media type, quality, viewport,
+window, frame, pipeline version: ``transcoding.service.render_cache_key``), so an identical
+request is answered without decoding or encoding. Instance- and frame-level renderings carry
+a strong ETag from the same key and answer ``If-None-Match`` with 304
+(:mod:`dicomweb.http_caching`); study and series renderings do not, since a new instance may
+change which one represents them.
 """
 
 from __future__ import annotations
@@ -14,11 +22,12 @@ from starlette.responses import Response
 
 from dicomweb.errors import HttpError
 from dicomweb.frames import parse_frame_list
+from dicomweb.http_caching import caching_headers, etag_for, not_modified
 from dicomweb.media import NotAcceptable, negotiate_rendered, parse_accept
 from dicomweb.resources import ResourcePath, source_of
 from storage.archive import ArchiveService
 from storage.model import InstanceLocation
-from transcoding.service import RenderParams, TranscoderService
+from transcoding.service import RenderParams, TranscoderService, render_cache_key
 
 THUMBNAIL_SIZE = (128, 128)
 _WINDOW_FUNCTIONS = ("LINEAR", "LINEAR_EXACT", "SIGMOID")
@@ -106,6 +115,15 @@ class RenderedService:
             frame = (loc.number_of_frames + 1) // 2
         if self.transcoder is None:
             raise NotAcceptable("rendering needs the transcoder, which is not configured")
-        source = await source_of(self.archive, loc)
-        image = await self.transcoder.render(source, frame, params)
-        return Response(image, media_type=media_type)
+        key = render_cache_key(loc.sha256, frame, params)
+        headers: dict[str, str] = {}
+        if path.instance is not None:
+            headers = caching_headers(etag_for("rendered", key))
+            unchanged = not_modified(request, headers["ETag"])
+            if unchanged is not None:
+                return unchanged
+        image = await self.transcoder.cached(key, media_type)
+        if image is None:
+            source = await source_of(self.archive, loc)
+            image = await self.transcoder.render(source, frame, params, cache_key=key)
+        return Response(image, media_type=media_type, headers=headers)

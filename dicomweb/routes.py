@@ -11,6 +11,7 @@ from starlette.routing import BaseRoute, Route
 from config.settings import Settings
 from dicomweb.errors import Endpoint, translated
 from dicomweb.frames import FrameService
+from dicomweb.pretranscode import PreTranscoder
 from dicomweb.qido import QidoService
 from dicomweb.rendered import RenderedService
 from dicomweb.stow import StowService
@@ -25,11 +26,13 @@ def build_routes(
     transcoder: TranscoderService | None,
     settings: Settings,
     spool_dir: Path,
+    pretranscoder: PreTranscoder | None = None,
 ) -> list[BaseRoute]:
     """Every DICOMweb route under ``settings.http.dicomweb_root``.
 
     ``transcoder`` None: requests that need transcoding, frame extraction of unindexed objects
-    or rendering answer 406 with the reason.
+    or rendering answer 406 with the reason. ``pretranscoder``: transcoded series / instance
+    retrieves queue the rest of their study into the rendition cache (None: off).
     """
     root = settings.http.dicomweb_root.rstrip("/")
 
@@ -39,7 +42,9 @@ def build_routes(
     workers = settings.transcoding.workers or os.cpu_count() or 1
     stow = StowService(archive, base_url, spool_dir, settings.http.max_stow_bytes)
     qido = QidoService(archive, base_url)
-    wado = WadoService(archive, transcoder, base_url, lookahead=2 * workers)
+    wado = WadoService(
+        archive, transcoder, base_url, lookahead=2 * workers, pretranscoder=pretranscoder
+    )
     frames = FrameService(archive, transcoder)
     rendered = RenderedService(archive, transcoder)
 

@@ -1,8 +1,12 @@
 """STOW-RS (PS3.18 §10.5): store instances sent as multipart/related; type=application/dicom.
 
-The body is spooled to part files first (streamed, size-limited) and only then ingested, so a
-malformed or oversized request stores nothing. Each part is then ingested on its own; the
-response lists what was stored (ReferencedSOPSequence) and what was not (FailedSOPSequence).
+The body is spooled to part files (streamed, size-limited); each part is prepared (parsed,
+validated, fsync'd: ``ArchiveService.prepare``) as soon as it is complete, while the rest of
+the body arrives; once the whole body has parsed they are committed in order, COMMIT_BATCH
+per index transaction (``ArchiveService.commit``), so a malformed or oversized request stores
+nothing. Each part still succeeds or fails on its own;
+the response lists what was stored (ReferencedSOPSequence) and what was not
+(FailedSOPSequence).
 
 Statuses (PS3.18 §10.5.3 Table 10.5.3-1): 200 all stored, 202 some failed or were stored with
 warnings, 409 none stored, 400 malformed body, 413 too large, 415 unsupported media type.
@@ -11,7 +15,6 @@ warnings, 409 none stored, 400 malformed body, 413 too large, 415 unsupported me
 from __future__ import annotations
 
 import asyncio
-import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -40,10 +43,14 @@ from dicomweb.media import (
 from dicomweb.multipart import BodyTooLarge, Part, spool_multipart
 from dicomweb.urls import BaseUrl, instance_url, study_url, warning_header
 from storage.archive import ArchiveService
+from storage.ingest import Analysis
 from storage.model import IngestOutcome
 
-INGEST_CONCURRENCY = 4
-"""Parts of one request ingested at the same time."""
+COMMIT_BATCH = 32
+"""Instances of one request committed in one index transaction."""
+PREPARE_CONCURRENCY = 3
+"""Parts of one request prepared at the same time (parsing holds the GIL; hashing and fsync
+do not)."""
 
 
 @dataclass(frozen=True)
@@ -102,19 +109,49 @@ class StowService:
                 raise HttpError(400, f"Content-Length {declared!r} is not a number") from None
             if too_large:
                 raise BodyTooLarge(self.max_bytes)
-        spooled = await spool_multipart(
-            request.stream(), content_type.boundary, self.spool_dir, self.max_bytes
-        )
-        # A few parts at a time: ingest waits on disk, fsync and the index; results keep the
-        # request's order.
-        limit = asyncio.Semaphore(INGEST_CONCURRENCY)
+        limit = asyncio.Semaphore(PREPARE_CONCURRENCY)
+        preparing: list[asyncio.Task[Analysis | _Failure]] = []
 
-        async def store_one(part: Part) -> IngestOutcome | _Failure:
+        async def prepare_one(part: Part) -> Analysis | _Failure:
             async with limit:
-                return await self._store_part(part, study)
+                return await self._prepare_part(part, study)
+
+        def on_part(part: Part) -> None:
+            preparing.append(asyncio.ensure_future(prepare_one(part)))
 
         try:
-            results = await asyncio.gather(*(store_one(p) for p in spooled.parts))
+            spooled = await spool_multipart(
+                request.stream(), content_type.boundary, self.spool_dir, self.max_bytes, on_part
+            )
+        except BaseException:
+            # Nothing of a malformed or oversized body is stored (the parser removed its files).
+            for task in preparing:
+                task.cancel()
+            await asyncio.gather(*preparing, return_exceptions=True)
+            raise
+        results: list[IngestOutcome | _Failure] = []
+        try:
+            # Committed a slice at a time, in the request's order, each as soon as its parts
+            # are prepared: one index transaction per slice, while later parts still prepare.
+            for start in range(0, len(preparing), COMMIT_BATCH):
+                prepared = await asyncio.gather(*preparing[start : start + COMMIT_BATCH])
+                ready = [p for p in prepared if isinstance(p, Analysis)]
+                committed = iter(await self.archive.commit(ready))
+                for p in prepared:
+                    if isinstance(p, _Failure):
+                        results.append(p)
+                        continue
+                    done = next(committed)
+                    if isinstance(done, IngestOutcome):
+                        results.append(done)
+                    else:
+                        reason, message = stow_failure_for(done)
+                        results.append(_Failure(reason, message, p.sop_class_uid, p.sop_uid))
+        except BaseException:
+            for task in preparing:
+                task.cancel()
+            await asyncio.gather(*preparing, return_exceptions=True)
+            raise
         finally:
             spooled.discard()
         stored = [r for r in results if isinstance(r, IngestOutcome)]
@@ -145,29 +182,19 @@ class StowService:
             body, status_code=status, media_type="application/dicom+json", headers=headers
         )
 
-    async def _store_part(self, part: Part, study: str | None) -> IngestOutcome | _Failure:
+    async def _prepare_part(self, part: Part, study: str | None) -> Analysis | _Failure:
         part_type = parse_media_type(part.content_type or DICOM)[0]
         if part_type != DICOM:
             note = f"part Content-Type {part_type} is not {DICOM}"
-            return _Failure(StowFailure.CANNOT_UNDERSTAND, note, *_peek_uids(part.path))
-        # ingest consumes the file; a second name keeps the bytes for naming the instance in
-        # FailedSOPSequence, so the header is parsed again only when the store fails.
-        keep = part.path.with_name(part.path.name + ".keep")
+            uids = await asyncio.to_thread(_peek_uids, part.path)
+            return _Failure(StowFailure.CANNOT_UNDERSTAND, note, *uids)
         try:
-            os.link(part.path, keep)
-        except OSError:
-            keep = part.path
-            uids: tuple[str | None, str | None] | None = _peek_uids(part.path)
-        else:
-            uids = None
-        try:
-            return await self.archive.ingest(part.path, expected_study_uid=study)
+            return await self.archive.prepare(part.path, expected_study_uid=study)
         except Exception as exc:  # translated per instance into a FailureReason
             reason, message = stow_failure_for(exc)
-            return _Failure(reason, message, *(uids or _peek_uids(keep)))
-        finally:
-            if keep != part.path:
-                keep.unlink(missing_ok=True)
+            # The part's file is still there: it names the instance in FailedSOPSequence.
+            uids = await asyncio.to_thread(_peek_uids, part.path)
+            return _Failure(reason, message, *uids)
 
     @staticmethod
     def _response_dataset(

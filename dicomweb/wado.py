@@ -51,6 +51,7 @@ from dicomweb.multipart import (
     new_boundary,
     part_header,
 )
+from dicomweb.pretranscode import PreTranscoder
 from dicomweb.resources import ResourcePath, encoder_check, source_of
 from dicomweb.urls import BaseUrl
 from storage.archive import ArchiveService
@@ -88,9 +89,11 @@ class WadoService:
         transcoder: TranscoderService | None,
         base_url: BaseUrl,
         lookahead: int = 4,
+        pretranscoder: PreTranscoder | None = None,
     ) -> None:
         self.archive = archive
         self.transcoder = transcoder
+        self.pretranscoder = pretranscoder
         self.base_url = base_url
         self.lookahead = max(1, lookahead)
         # Optional (additive) archive method: the hot-tier file of a location, without I/O,
@@ -112,6 +115,8 @@ class WadoService:
         sendable = [(loc, target) for loc, target in plan if target is not None]
         if not sendable:
             raise NotAcceptable(_why_not(acceptance, locations, self.transcoder is not None))
+        if self.pretranscoder is not None and path.series is not None:
+            self._queue_pretranscode(path, acceptance, sendable)
         for loc, target in plan:
             if target is None:
                 log.warning(
@@ -143,6 +148,26 @@ class WadoService:
             headers["Content-Length"] = str(parts.content_length)
         return StreamingResponse(
             self._multipart(parts, boundary), media_type=media_type, headers=headers
+        )
+
+    def _queue_pretranscode(
+        self,
+        path: ResourcePath,
+        acceptance: DicomAcceptance,
+        sendable: list[tuple[InstanceLocation, str]],
+    ) -> None:
+        """A transcoded series / instance retrieve: the study's other instances go into the
+        rendition cache in the same syntax, in the background (dicomweb.pretranscode)."""
+        assert self.pretranscoder is not None
+        target = next((t for loc, t in sendable if t != loc.transfer_syntax_uid), None)
+        if target is None:
+            return
+        self.pretranscoder.request(
+            path.study,
+            target,
+            asked=acceptance.syntaxes,
+            accepts=acceptance.accepts,
+            skip=frozenset(loc.sop_instance_uid for loc, _ in sendable),
         )
 
     def _whole(self, loc: InstanceLocation, target: str) -> bool:
@@ -229,7 +254,11 @@ class WadoService:
             if data is not None:
                 return data
         source = await source_of(self.archive, loc)
-        return await self.transcoder.transcode(source, target, cache_key=loc.sha256)
+        if self.pretranscoder is None:
+            return await self.transcoder.transcode(source, target, cache_key=loc.sha256)
+        # Counted as live: background pre-transcodes wait while live ones fill the pool.
+        with self.pretranscoder.live():
+            return await self.transcoder.transcode(source, target, cache_key=loc.sha256)
 
     async def _multipart(self, parts: _PartQueue, boundary: str) -> AsyncIterator[bytes]:
         try:

@@ -26,6 +26,7 @@ from pynetdicom.presentation import PresentationContext
 from pynetdicom.transport import RequestHandler
 
 from dimse.ae_policy import AePolicy
+from dimse.tcp import disable_nagle
 
 log = logging.getLogger("arca.dimse")
 
@@ -98,6 +99,7 @@ def request_handler_class(policy: AePolicy, move_service: MoveService) -> type[R
     class ArcaRequestHandler(RequestHandler):
         def _create_association(self) -> Association:
             assoc = super()._create_association()
+            disable_nagle(self.request)
             # Swap the class and ACSE of the association pynetdicom just configured, before
             # its thread starts: every other attribute stays as pynetdicom set it.
             assoc.__class__ = ArcaAssociation

@@ -61,6 +61,7 @@ from dimse.status import (
     Service,
     status_for,
 )
+from dimse.tcp import disable_nagle
 from storage.archive import ArchiveService
 from storage.errors import InvalidQuery
 from storage.model import InstanceLocation
@@ -213,6 +214,8 @@ class MoveSCP:
         except Exception:
             log.exception("C-MOVE: association with %s failed", destination.ae_title)
             return None
+        if store.dul.socket is not None:
+            disable_nagle(store.dul.socket.socket)
         if not store.is_established:
             log.warning(
                 "C-MOVE: %s at %s:%d did not accept an association",

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import importlib.metadata
 import logging
 from collections.abc import AsyncIterator
@@ -23,6 +24,7 @@ from starlette.responses import JSONResponse
 from starlette.routing import BaseRoute, Route
 
 from config.settings import Settings
+from dicomweb.pretranscode import PreTranscoder
 from dicomweb.routes import build_routes
 from dicomweb.worklist import build_worklist_routes
 from dimse.server import DimseServer
@@ -81,6 +83,8 @@ class Runtime:
     """What the lifespan started; read by the status endpoint."""
 
     archive: Archive | None = None
+    transcoder: Transcoder | None = None
+    pretranscoder: PreTranscoder | None = None
     dimse_running: bool = False
     started: bool = False
     startup_error: str | None = None
@@ -104,6 +108,14 @@ def create_app(settings: Settings) -> Starlette:
             "index": describe_index(settings),
             "cold_tier": settings.storage.cold_store is not None,
             "viewer": VIEWER_PATH + "/" if settings.http.viewer else None,
+            # Codec pool counters (jobs run, cache hits, timeouts, pool rebuilds).
+            "transcoding": dataclasses.asdict(runtime.transcoder.stats)
+            if runtime.transcoder
+            else None,
+            # Background pre-transcoding of studies (queued, done, jobs in the pool, peak).
+            "pretranscode": dataclasses.asdict(runtime.pretranscoder.stats)
+            if runtime.pretranscoder
+            else None,
         }
         return JSONResponse(body, status_code=200 if runtime.started else 503)
 
@@ -152,6 +164,7 @@ async def _start_components(
 
     transcoder = Transcoder(settings.transcoding, cache_dir=settings.storage.data_dir / "cache")
     stack.push_async_callback(transcoder.aclose)
+    runtime.transcoder = transcoder
 
     # The worklist lives in the index database; its store gets an engine of its own.
     worklist_engine = create_engine(settings.storage.resolved_index_url, immediate=True)
@@ -161,7 +174,20 @@ async def _start_components(
     spool = spool_dir(settings)
     spool.mkdir(parents=True, exist_ok=True)
     await asyncio.to_thread(purge_stale, spool)
-    routes = build_routes(archive, transcoder, settings, spool)
+    pretranscoder = None
+    if settings.storage.prefetch_pretranscode:
+        pretranscoder = PreTranscoder(
+            archive,
+            transcoder,
+            max_instances=settings.storage.prefetch_pretranscode_max_instances,
+            max_bytes=settings.storage.prefetch_pretranscode_max_bytes,
+            pool_workers=transcoder.workers,
+        )
+        # Closed before the transcoder (the stack unwinds in reverse): the queue is dropped,
+        # then the pool finishes the one job it may be running.
+        stack.push_async_callback(pretranscoder.close)
+        runtime.pretranscoder = pretranscoder
+    routes = build_routes(archive, transcoder, settings, spool, pretranscoder)
     routes += build_worklist_routes(worklist, settings)
     # Viewer hook: OHIF's static build and its app-config.js, owned by server/viewer.py.
     if settings.http.viewer:

@@ -46,6 +46,9 @@ SERVE_OPTIONS = (
     "accept_unknown_aes",
     "overwrite_policy",
     "transcoding_workers",
+    "transcoding_job_timeout",
+    "prefetch_pretranscode",
+    "prefetch_pretranscode_max_instances",
 )
 
 

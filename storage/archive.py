@@ -12,31 +12,31 @@ import asyncio
 import contextlib
 import hashlib
 import io
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
 from pydicom import dcmread
+from sqlalchemy.engine import Engine
 from sqlalchemy.exc import DBAPIError, SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from config.settings import OverwritePolicy, StorageSettings
-from conformance.statuses import StowFailure
 from storage.blobs import BlobReader, BlobStore
 from storage.cold import S3BlobStore
 from storage.errors import (
-    DuplicateInstance,
     MissingBlob,
     NotFound,
     StorageError,
     StoreUnavailable,
 )
 from storage.hot import HotFilesystemStore
-from storage.index import engine, repository
-from storage.ingest import Analysis, analyze, remove_quietly
+from storage.index import engine, repository, results
+from storage.ingest import Analysis, prepare, remove_quietly
+from storage.ingest_commit import IngestCommitter
 from storage.metadata import resolve_bulkdata
-from storage.model import IngestOutcome, IngestStatus, InstanceLocation, Tier
+from storage.model import IngestOutcome, InstanceLocation, Tier
 from storage.prefetch import Prefetcher
 from storage.query import Query, QueryResult
 from storage.tiering import MigrationResult, TierManager, TierPolicyTask, TierStatus, tier_status
@@ -80,6 +80,22 @@ class ArchiveService(Protocol):
         DATASET_DOES_NOT_MATCH_SOP_CLASS also when ``expected_study_uid`` differs,
         DuplicateInstance), OutOfResources, StoreUnavailable. On any error nothing is visible.
         """
+        ...
+
+    async def prepare(self, path: Path, *, expected_study_uid: str | None = None) -> Analysis:
+        """The first half of :meth:`ingest`, for callers that commit many at once (STOW-RS):
+        parse, validate, fsync the file where it is. Raises as ingest does; on failure the
+        file is left for the caller (to name the instance in its answer, then remove)."""
+        ...
+
+    async def commit(self, prepared: Sequence[Analysis]) -> list[IngestOutcome | StorageError]:
+        """The second half: make the prepared instances durable and visible together (one
+        index transaction, each instance succeeding or failing on its own). Consumes every
+        prepared file. Per instance the outcome, or the StorageError that refused it."""
+        ...
+
+    async def discard(self, prepared: Sequence[Analysis]) -> None:
+        """Remove the files of prepared instances that will not be committed."""
         ...
 
     async def search(self, query: Query) -> QueryResult: ...
@@ -140,12 +156,14 @@ class Archive:
         hot: BlobStore,
         bulkdata_threshold: int,
         cold: S3BlobStore | None = None,
+        sqlite_writer: Engine | None = None,
     ) -> None:
         self.settings = settings
         self.hot = hot
         self.bulkdata_threshold = bulkdata_threshold
         self._read = read_engine
         self._write = write_engine
+        self._ingest_index = engine.IngestIndex(write_engine, sqlite_writer)
         # The cold tier and its policies (storage.tiering, storage.prefetch); None = hot only.
         self.cold = cold
         self.tiers: TierManager | None = None
@@ -180,98 +198,48 @@ class Archive:
         await self._write.dispose()
         if self._read is not self._write:
             await self._read.dispose()
+        self._ingest_index.dispose()
+
+    @property
+    def _committer(self) -> IngestCommitter:
+        # Built per use: tests swap ``hot`` for a failing one.
+        replace = self.settings.overwrite_policy is OverwritePolicy.REPLACE
+        return IngestCommitter(
+            self.hot, self._ingest_index, replace=replace, delete_blob=self._delete_blob
+        )
 
     # -- ingest ---------------------------------------------------------------------------
 
     async def ingest(self, path: Path, *, expected_study_uid: str | None = None) -> IngestOutcome:
         try:
-            analysis = await asyncio.to_thread(
-                analyze,
-                path,
-                bulkdata_threshold=self.bulkdata_threshold,
-                bulkdata_base=BULKDATA_BASE,
-                expected_study_uid=expected_study_uid,
-            )
+            analysis = await self.prepare(path, expected_study_uid=expected_study_uid)
         except BaseException:
             await asyncio.to_thread(remove_quietly, path)
             raise
+        [result] = await self.commit([analysis])
+        if isinstance(result, StorageError):
+            raise result
+        return result
+
+    async def prepare(self, path: Path, *, expected_study_uid: str | None = None) -> Analysis:
+        return await asyncio.to_thread(
+            prepare,
+            path,
+            bulkdata_threshold=self.bulkdata_threshold,
+            bulkdata_base=BULKDATA_BASE,
+            expected_study_uid=expected_study_uid,
+        )
+
+    async def commit(self, prepared: Sequence[Analysis]) -> list[IngestOutcome | StorageError]:
         try:
-            return await self._store(path, analysis)
+            return await self._committer.commit(prepared)
         finally:
-            await asyncio.to_thread(remove_quietly, path)
+            await self.discard(prepared)
 
-    def _outcome(self, analysis: Analysis, status: IngestStatus) -> IngestOutcome:
-        return IngestOutcome(
-            status=status,
-            study_uid=analysis.study_uid,
-            series_uid=analysis.series_uid,
-            sop_instance_uid=analysis.sop_uid,
-            sop_class_uid=analysis.sop_class_uid,
-            transfer_syntax_uid=analysis.transfer_syntax_uid,
-            size=analysis.size,
-            sha256=analysis.sha256,
-        )
-
-    def _duplicate(self, analysis: Analysis) -> DuplicateInstance:
-        return DuplicateInstance(
-            StowFailure.DUPLICATE_SOP_INSTANCE,
-            f"SOPInstanceUID {analysis.sop_uid} is already stored with other content",
-        )
-
-    async def _store(self, path: Path, analysis: Analysis) -> IngestOutcome:
-        async with self._db(self._read) as conn:
-            existing = await repository.find_instance(conn, analysis.sop_uid)
-        replace = self.settings.overwrite_policy is OverwritePolicy.REPLACE
-        if existing is not None:
-            if existing.sha256 == analysis.sha256:
-                return self._outcome(analysis, IngestStatus.ALREADY_PRESENT)
-            if not replace:
-                raise self._duplicate(analysis)
-
-        key = analysis.blob_key
-        await self.hot.put_file(key, path)
-        try:
-            try:
-                inserted, old = await self._index(analysis, replace)
-            except engine.IndexConflict:
-                # A concurrent delete removed the series/study this transaction was joining
-                # (PostgreSQL, READ COMMITTED): once more, creating them anew.
-                inserted, old = await self._index(analysis, replace)
-        except BaseException:
-            await self._forget_blob(key)
-            raise
-        if not inserted:
-            # Another writer indexed this SOP Instance between our check and our commit.
-            if old is not None:
-                await self._forget_blob(key)
-                raise self._duplicate(analysis)
-            return self._outcome(analysis, IngestStatus.ALREADY_PRESENT)
-        if old is not None and old.blob_key != key:
-            await self._delete_blob(old.tier, old.blob_key)
-        return self._outcome(analysis, IngestStatus.STORED)
-
-    async def _index(
-        self, analysis: Analysis, replace: bool
-    ) -> tuple[bool, repository.StoredInstance | None]:
-        """One index transaction: (indexed by us, the instance row it replaced or met)."""
-        async with self._db(self._write, begin=True) as conn:
-            current = await repository.find_instance(conn, analysis.sop_uid)
-            if current is None:
-                return await repository.insert_instance(conn, analysis, Tier.HOT), None
-            if current.sha256 == analysis.sha256:
-                return False, None
-            if replace:
-                await repository.replace_instance(conn, analysis, Tier.HOT, current.id)
-                return True, current
-            return False, current
-
-    async def _forget_blob(self, key: str) -> None:
-        """Remove a blob we wrote but did not index, unless some index row names it."""
-        with contextlib.suppress(StorageError):  # if this fails, verify reports the orphan
-            async with self._db(self._read) as conn:
-                named = await repository.blob_is_named(conn, key)
-            if not named:
-                await self.hot.delete(key)
+    async def discard(self, prepared: Sequence[Analysis]) -> None:
+        paths = [a.path for a in prepared if a.path is not None]
+        if paths:
+            await asyncio.to_thread(_remove_all, paths)
 
     async def _delete_blob(self, tier: str, key: str) -> None:
         with contextlib.suppress(StorageError):
@@ -288,7 +256,7 @@ class Archive:
 
     async def search(self, query: Query) -> QueryResult:
         async with self._db(self._read) as conn:
-            return await repository.search(conn, query)
+            return await results.search(conn, query)
 
     async def locate(
         self, study_uid: str, series_uid: str | None = None, sop_instance_uid: str | None = None
@@ -431,6 +399,11 @@ async def _sha256_of(store: BlobStore, key: str) -> str:
     return digest.hexdigest()
 
 
+def _remove_all(paths: list[Path]) -> None:
+    for path in paths:
+        remove_quietly(path)
+
+
 def _read_bulkdata(source: Path | io.BytesIO, path: str) -> bytes:
     ds = dcmread(source, force=True)
     try:
@@ -444,6 +417,7 @@ async def open_archive(settings: StorageSettings, *, bulkdata_threshold: int = 1
     url = settings.resolved_index_url
     write_engine = engine.create_engine(url, immediate=True)
     read_engine = engine.create_engine(url) if engine.is_sqlite(url) else write_engine
+    sqlite_writer = engine.create_sqlite_writer(url) if engine.is_sqlite(url) else None
     try:
         await engine.upgrade_engine(write_engine)
     except (DBAPIError, SQLAlchemyError, OSError) as exc:
@@ -471,6 +445,7 @@ async def open_archive(settings: StorageSettings, *, bulkdata_threshold: int = 1
         hot=hot,
         bulkdata_threshold=bulkdata_threshold,
         cold=cold,
+        sqlite_writer=sqlite_writer,
     )
 
 

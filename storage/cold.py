@@ -12,12 +12,17 @@ aiobotocore   45-76 MB/s      63-110 MB/s     1.0-1.1 s
 boto3+thread  66-88 MB/s      86-119 MB/s     0.8-0.9 s
 ============  ==============  ==============  =========================
 
-The single-threaded moto server caps all three at about the same wall-clock rate; what differs
-is the client's CPU per byte (3-4x less with obstore), which is what a 2-core archive node
+The moto server caps all three at about the same wall-clock rate; what differs is the
+client's CPU per byte (3-4x less with obstore), which is what a 2-core archive node
 serving other requests has to spare. obstore is natively async (no thread pool, no event-loop
 blocking), streams bodies without buffering, retries with backoff, and the same API covers
 GCS and Azure Blob should the cold tier move there. aiobotocore pins botocore to a version
 other than boto3's and pulls in aiohttp.
+
+What moto alone serves, as ``python -m bench.run --only cold`` notes it (obstore GETs of 300
+objects of 526 KB, 2026-11-22, load 2.5-4 on 2 cores): 550-670 objects/s (290-355 MB/s) with
+one GET in flight, 460-730/s with 4, 8 or 16: about one core of moto's Python, whatever the
+concurrency. That is the ceiling of any cold-tier figure measured against it.
 
 Caveat measured here: obstore's Tokio worker threads may abort the interpreter at exit when
 its client objects are still alive as Python finalizes (20% of short runs). :meth:`close`
@@ -302,6 +307,18 @@ class S3BlobStore:
             return
         except _ERRORS as exc:
             _fail(exc, f"deleting {key}", self.location)
+
+    async def delete_many(self, keys: list[str]) -> None:
+        """Delete objects in bulk (S3 DeleteObjects: up to 1,000 keys per request, where
+        ``delete`` costs one request per key). Missing objects are not an error."""
+        if not keys:
+            return
+        try:
+            await obstore.delete_async(self._s, keys)
+        except _MISSING:
+            return
+        except _ERRORS as exc:
+            _fail(exc, f"deleting {len(keys)} objects", self.location)
 
     async def exists(self, key: str) -> bool:
         try:

@@ -2,7 +2,9 @@
 
 ``put_file`` makes a blob durable before it returns: the file's data is fsync'd, it is
 renamed into place (atomic on POSIX), and the directory entry is fsync'd, so an index row
-never names a blob a crash could take back. Reads use ``os.pread`` in worker threads so the
+never names a blob a crash could take back. ``adopt_files`` does the same for many files
+whose data the caller already fsync'd (ingest does that while the request is still arriving):
+renames them in, then fsyncs each folder once. Reads use ``os.pread`` in worker threads so the
 event loop never blocks on disk and concurrent readers share one descriptor safely.
 """
 
@@ -13,7 +15,7 @@ import errno
 import os
 import shutil
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
 
 from storage.errors import NotFound, OutOfResources, StorageError, StoreUnavailable
@@ -126,6 +128,65 @@ class HotFilesystemStore:
             raise
         # The blob is durable; the caller's file has served its purpose.
         source.unlink(missing_ok=True)
+
+    def _adopt_sync(self, items: Sequence[tuple[str, Path]]) -> list[StorageError | None]:
+        errors: list[StorageError | None] = [None] * len(items)
+        folders: dict[Path, list[int]] = {}
+        new_folders: set[Path] = set()
+        for i, (key, source) in enumerate(items):
+            try:
+                target = self.path_of(key)
+                if not target.parent.is_dir():
+                    new_folders.add(target.parent)
+                    target.parent.mkdir(parents=True, exist_ok=True)
+                try:
+                    os.replace(source, target)
+                except FileNotFoundError:
+                    if not source.exists():
+                        raise
+                    # A concurrent delete removed the series folder once it was empty.
+                    new_folders.add(target.parent)
+                    target.parent.mkdir(parents=True, exist_ok=True)
+                    os.replace(source, target)
+                except OSError as exc:
+                    if exc.errno != errno.EXDEV:
+                        raise
+                    # Another filesystem: copy, then the durable put (source stays ours).
+                    self._put_sync(key, source)
+                folders.setdefault(target.parent, []).append(i)
+            except StorageError as exc:
+                errors[i] = exc
+            except OSError as exc:
+                errors[i] = translate_os_error(exc, f"storing blob {key}")
+        # New study/series folders must survive a crash too: their entries live in the
+        # parent folders, up to the root.
+        parents: set[Path] = set()
+        for folder in new_folders:
+            parent = folder.parent
+            while parent != self.root and self.root in parent.parents:
+                parents.add(parent)
+                parent = parent.parent
+            parents.add(self.root)
+        for folder in sorted(parents - folders.keys(), key=lambda p: len(p.parts), reverse=True):
+            folders[folder] = []
+        for folder, members in folders.items():
+            try:
+                _fsync_dir(folder)
+            except OSError as exc:
+                for i in members:
+                    errors[i] = translate_os_error(exc, f"storing blob {items[i][0]}")
+                if not members:
+                    # A parent folder's entry may be lost: none below it is durable.
+                    for j, (key, _) in enumerate(items):
+                        if folder in self.path_of(key).parents:
+                            errors[j] = translate_os_error(exc, f"storing blob {key}")
+        return errors
+
+    async def adopt_files(self, items: Sequence[tuple[str, Path]]) -> list[StorageError | None]:
+        """Move files whose data the caller has fsync'd to the given keys, durably: each
+        renamed into place, then each folder fsync'd once. Per item, None or the error that
+        kept it from being stored (its file then stays where it was, or is removed)."""
+        return await asyncio.to_thread(self._adopt_sync, items)
 
     async def put_file(self, key: str, source: Path) -> None:
         try:

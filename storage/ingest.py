@@ -1,16 +1,19 @@
 """Ingest, part one: read an incoming object once and derive everything the index needs.
 
-:func:`analyze` runs in a worker thread (it reads the file): SHA-256 and size of the bytes as
+:func:`prepare` runs in a worker thread (it reads the file): SHA-256 and size of the bytes as
 received, the header parsed once by pydicom with large values deferred, the fatal checks of
-:mod:`conformance.validation`, frame spans, the precomputed DICOM JSON metadata and each
-level's matching values. It raises :class:`~storage.errors.IngestRejected` for objects that
-must not be stored; the archive then writes the blob and one index transaction.
+:mod:`conformance.validation`, frame spans, the precomputed DICOM JSON metadata (serialized
+here, off the index transaction) and each level's matching values; then it fsyncs the file's
+data, so committing it later only renames it into the hot tier. It raises
+:class:`~storage.errors.IngestRejected` for objects that must not be stored;
+:mod:`storage.ingest_commit` then places the blobs and runs one index transaction.
 """
 
 from __future__ import annotations
 
 import contextlib
 import hashlib
+import json
 import os
 import struct
 import unicodedata
@@ -38,8 +41,10 @@ from storage.frames import (
     encapsulated_spans,
     native_spans,
     read_encapsulated_items,
+    spans_to_json,
 )
-from storage.metadata import JsonDict, instance_json, split_levels
+from storage.hot import translate_os_error
+from storage.metadata import JsonDict, dumps, instance_json, split_levels
 from storage.model import FrameSpan
 
 PIXEL_DATA = 0x7FE0_0010
@@ -71,16 +76,28 @@ class Analysis:
     number_of_frames: int
     frames: tuple[FrameSpan, ...] | None
     pixel_attributes: dict[str, int | str]
-    metadata: JsonDict
-    level_attributes: dict[str, JsonDict]
+    metadata_json: str
+    """The instance's DICOM JSON (PS3.18 §F.2), BulkDataURIs relative to the base."""
+    level_json: dict[str, str]
+    """Each level's attributes as DICOM JSON (PATIENT, STUDY, SERIES, IMAGE)."""
     columns: dict[str, dict[str, Any]] = field(default_factory=dict)
     """Matching column values per level (PATIENT, STUDY, SERIES, IMAGE)."""
     requests: list[dict[str, str | None]] = field(default_factory=list)
     """RequestAttributesSequence items (series_requests rows)."""
+    path: Path | None = None
+    """The incoming file (fsync'd by :func:`prepare`), until it is placed or discarded."""
 
     @property
     def blob_key(self) -> str:
         return f"{self.study_uid}/{self.series_uid}/{self.sop_uid}-{self.sha256[:16]}.dcm"
+
+    @property
+    def frames_json(self) -> str | None:
+        return None if self.frames is None else json.dumps(spans_to_json(self.frames))
+
+    @property
+    def pixel_json(self) -> str:
+        return json.dumps(self.pixel_attributes)
 
 
 def _reject(failure: StowFailure, message: str) -> IngestRejected:
@@ -95,6 +112,29 @@ def hash_file(path: Path) -> tuple[int, str]:
             digest.update(chunk)
             size += len(chunk)
     return size, digest.hexdigest()
+
+
+def prepare(
+    path: Path, *, bulkdata_threshold: int, bulkdata_base: str, expected_study_uid: str | None
+) -> Analysis:
+    """:func:`analyze` the file, then make its bytes durable where they are (fsync), so the
+    commit that follows only renames it. The file stays in place on failure."""
+    analysis = analyze(
+        path,
+        bulkdata_threshold=bulkdata_threshold,
+        bulkdata_base=bulkdata_base,
+        expected_study_uid=expected_study_uid,
+    )
+    try:
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+    except OSError as exc:
+        raise translate_os_error(exc, "making the incoming object durable") from exc
+    analysis.path = path
+    return analysis
 
 
 def analyze(
@@ -170,6 +210,7 @@ def _analyze_dataset(
         value = ds.get(keyword)
         if value is not None and value != "":
             pixel[keyword] = value if isinstance(value, str) else int(value)
+    levels = split_levels(metadata)
     analysis = Analysis(
         study_uid=study,
         series_uid=series,
@@ -181,10 +222,10 @@ def _analyze_dataset(
         number_of_frames=number_of_frames,
         frames=frames,
         pixel_attributes=pixel,
-        metadata=metadata,
-        level_attributes=split_levels(metadata),
+        metadata_json=dumps(metadata),
+        level_json={level: dumps(attributes) for level, attributes in levels.items()},
     )
-    analysis.columns = _columns(ds)
+    analysis.columns = _columns(ds, metadata)
     analysis.requests = _requests(ds)
     return analysis
 
@@ -252,7 +293,37 @@ def normalize_pn(value: str | None) -> str | None:
     return "=".join(groups).rstrip("=")
 
 
-def _text(ds: Dataset, tag: int) -> str | None:
+_PLAIN_TEXT_VRS = frozenset(
+    {"AE", "AS", "CS", "DA", "DT", "LO", "LT", "SH", "ST", "TM", "UC", "UI", "UR", "UT"}
+)
+_RENDERED_VRS = _PLAIN_TEXT_VRS | {"IS"}
+_UNDECIDED = object()
+Rendered = dict[str, JsonDict]
+"""The instance's rendered DICOM JSON (storage.metadata), by 8-digit hex tag."""
+
+
+def _rendered_value(meta: Rendered | None, tag: int, kinds: tuple[type, ...]) -> Any:
+    """The one value of a plain element as its DICOM JSON holds it (None for an empty or
+    absent element), or _UNDECIDED when only pydicom can say exactly what :func:`_text` /
+    :func:`_int` would: person names, several values, other VRs. The JSON was rendered from
+    the same converted element (often memoized), so reading it costs no second conversion."""
+    if meta is None:
+        return _UNDECIDED
+    item = meta.get(f"{tag:08X}")
+    if item is None or item.get("vr") not in _RENDERED_VRS:
+        return _UNDECIDED
+    values = item.get("Value")
+    if values is None:
+        return None if "BulkDataURI" not in item and "InlineBinary" not in item else _UNDECIDED
+    if len(values) == 1 and type(values[0]) in kinds:
+        return values[0]
+    return _UNDECIDED
+
+
+def _text(ds: Dataset, tag: int, meta: Rendered | None = None) -> str | None:
+    known = _rendered_value(meta, tag, (str,))
+    if known is not _UNDECIDED:
+        return None if known is None else str(known).strip()
     elem = ds.get(tag)
     if elem is None or elem.value is None or elem.value == "":
         return None
@@ -265,8 +336,11 @@ def _text(ds: Dataset, tag: int) -> str | None:
 _INT32 = 2**31 - 1
 
 
-def _int(ds: Dataset, tag: int) -> int | None:
+def _int(ds: Dataset, tag: int, meta: Rendered | None = None) -> int | None:
     """An IS value as an int for the index; None when absent, malformed or out of range."""
+    known = _rendered_value(meta, tag, (int,))
+    if known is None or (isinstance(known, int) and not isinstance(known, bool)):
+        return known if known is None or -_INT32 <= known <= _INT32 else None
     elem = ds.get(tag)
     try:
         value = int(elem.value) if elem is not None and elem.value not in (None, "") else None
@@ -275,9 +349,9 @@ def _int(ds: Dataset, tag: int) -> int | None:
     return value if value is not None and -_INT32 <= value <= _INT32 else None
 
 
-def _date(ds: Dataset, tag: int) -> str | None:
+def _date(ds: Dataset, tag: int, meta: Rendered | None = None) -> str | None:
     """DA as YYYYMMDD; the ACR-NEMA form YYYY.MM.DD is accepted (PS3.5 §6.2 note)."""
-    value = _text(ds, tag)
+    value = _text(ds, tag, meta)
     if not value:
         return None
     digits = value.replace(".", "")
@@ -311,63 +385,63 @@ def normalize_datetime(value: str, *, upper: bool = False) -> str:
     return whole[:14].ljust(14, fill) + fraction[:6].ljust(6, fill)
 
 
-def _time(ds: Dataset, tag: int) -> str | None:
-    value = _text(ds, tag)
+def _time(ds: Dataset, tag: int, meta: Rendered | None = None) -> str | None:
+    value = _text(ds, tag, meta)
     if not value:
         return None
     normalized = normalize_time(value)
     return normalized if normalized.isdigit() else None
 
 
-def _datetime(ds: Dataset, tag: int) -> str | None:
-    value = _text(ds, tag)
+def _datetime(ds: Dataset, tag: int, meta: Rendered | None = None) -> str | None:
+    value = _text(ds, tag, meta)
     if not value:
         return None
     normalized = normalize_datetime(value)
     return normalized if normalized.isdigit() else None
 
 
-def _columns(ds: Dataset) -> dict[str, dict[str, Any]]:
-    patient_name = _text(ds, 0x0010_0010)
-    referring = _text(ds, 0x0008_0090)
+def _columns(ds: Dataset, meta: Rendered | None = None) -> dict[str, dict[str, Any]]:
+    patient_name = _text(ds, 0x0010_0010, meta)
+    referring = _text(ds, 0x0008_0090, meta)
     return {
         PATIENT: {
-            "patient_id": _text(ds, 0x0010_0020) or "",
-            "issuer_of_patient_id": _text(ds, 0x0010_0021) or "",
+            "patient_id": _text(ds, 0x0010_0020, meta) or "",
+            "issuer_of_patient_id": _text(ds, 0x0010_0021, meta) or "",
             "patient_name": patient_name,
             "patient_name_norm": normalize_pn(patient_name),
-            "patient_birth_date": _date(ds, 0x0010_0030),
-            "patient_sex": _text(ds, 0x0010_0040),
+            "patient_birth_date": _date(ds, 0x0010_0030, meta),
+            "patient_sex": _text(ds, 0x0010_0040, meta),
         },
         STUDY: {
-            "patient_id": _text(ds, 0x0010_0020),
+            "patient_id": _text(ds, 0x0010_0020, meta),
             "patient_name": patient_name,
             "patient_name_norm": normalize_pn(patient_name),
-            "patient_birth_date": _date(ds, 0x0010_0030),
-            "patient_sex": _text(ds, 0x0010_0040),
-            "study_date": _date(ds, 0x0008_0020),
-            "study_time": _time(ds, 0x0008_0030),
-            "accession_number": _text(ds, 0x0008_0050),
-            "study_id": _text(ds, 0x0020_0010),
+            "patient_birth_date": _date(ds, 0x0010_0030, meta),
+            "patient_sex": _text(ds, 0x0010_0040, meta),
+            "study_date": _date(ds, 0x0008_0020, meta),
+            "study_time": _time(ds, 0x0008_0030, meta),
+            "accession_number": _text(ds, 0x0008_0050, meta),
+            "study_id": _text(ds, 0x0020_0010, meta),
             "referring_physician_name": referring,
             "referring_physician_name_norm": normalize_pn(referring),
-            "study_description": _text(ds, 0x0008_1030),
+            "study_description": _text(ds, 0x0008_1030, meta),
         },
         SERIES: {
-            "modality": _text(ds, 0x0008_0060),
-            "series_number": _int(ds, 0x0020_0011),
-            "series_description": _text(ds, 0x0008_103E),
-            "series_date": _date(ds, 0x0008_0021),
-            "series_time": _time(ds, 0x0008_0031),
-            "body_part_examined": _text(ds, 0x0018_0015),
-            "pps_start_date": _date(ds, 0x0040_0244),
-            "pps_start_time": _time(ds, 0x0040_0245),
+            "modality": _text(ds, 0x0008_0060, meta),
+            "series_number": _int(ds, 0x0020_0011, meta),
+            "series_description": _text(ds, 0x0008_103E, meta),
+            "series_date": _date(ds, 0x0008_0021, meta),
+            "series_time": _time(ds, 0x0008_0031, meta),
+            "body_part_examined": _text(ds, 0x0018_0015, meta),
+            "pps_start_date": _date(ds, 0x0040_0244, meta),
+            "pps_start_time": _time(ds, 0x0040_0245, meta),
         },
         IMAGE: {
-            "instance_number": _int(ds, 0x0020_0013),
-            "content_date": _date(ds, 0x0008_0023),
-            "content_time": _time(ds, 0x0008_0033),
-            "acquisition_datetime": _datetime(ds, 0x0008_002A),
+            "instance_number": _int(ds, 0x0020_0013, meta),
+            "content_date": _date(ds, 0x0008_0023, meta),
+            "content_time": _time(ds, 0x0008_0033, meta),
+            "acquisition_datetime": _datetime(ds, 0x0008_002A, meta),
         },
     }
 

@@ -58,22 +58,62 @@ def _vr_of_raw(ds: Dataset, raw: RawDataElement) -> str:
     return str(vr)
 
 
+_MEMO_LIMIT = 20_000
+_memo: dict[tuple[Any, ...], JsonDict] = {}
+"""DICOM JSON of plain elements by everything their JSON depends on (tag, VR as read, byte
+order, the raw bytes, the character set, the threshold). The instances of a series repeat
+most of their header byte for byte (patient, study, series, equipment, image geometry), so
+most elements are rendered once per series instead of once per instance. Entries are
+shared: never mutated. Elements whose rendering depends on other elements (an ambiguous or
+unknown VR, private tags read without a VR, bulk data) are never memoized."""
+
+
+def _memo_key(
+    tag: int, raw: RawDataElement, charset: Any, threshold: int
+) -> tuple[Any, ...] | None:
+    vr = raw.VR
+    if raw.value is None or vr in ("SQ", "UN") or tag in PIXEL_DATA_TAGS:
+        return None
+    if vr is None:
+        if tag >> 16 & 1:
+            return None  # a private tag's VR depends on its creator
+        try:
+            vr = str(dictionary_VR(tag))
+        except KeyError:
+            return None
+        if " or " in vr or vr in ("SQ", "UN"):
+            return None  # resolved from other elements (PS3.5 §A.1)
+    return (tag, vr, raw.is_little_endian, raw.value, charset, threshold)
+
+
 def dataset_to_json(
     ds: Dataset, *, threshold: int, uri_prefix: str, path: tuple[str, ...] = ()
 ) -> JsonDict:
     """DICOM JSON of ``ds`` with BulkDataURIs ``uri_prefix + "/" + path``."""
     out: JsonDict = {}
+    charset: Any = None
     for base_tag in sorted(ds.keys()):
         tag = int(base_tag)
         if tag & 0xFFFF == 0 or tag >> 16 == 0x0002:
             continue  # group lengths (retired, PS3.5 §7.2) and File Meta are not data set content
         key = f"{tag:08X}"
         item = ds.get_item(tag, keep_deferred=True)
-        if isinstance(item, RawDataElement) and item.value is None and item.length:
-            vr = _vr_of_raw(ds, item)
-            if vr in BINARY_VRS:
-                out[key] = {"vr": vr, "BulkDataURI": f"{uri_prefix}/{'/'.join((*path, key))}"}
-                continue
+        memo_key = None
+        if isinstance(item, RawDataElement):
+            if item.value is None and item.length:
+                vr = _vr_of_raw(ds, item)
+                if vr in BINARY_VRS:
+                    out[key] = {"vr": vr, "BulkDataURI": f"{uri_prefix}/{'/'.join((*path, key))}"}
+                    continue
+            if charset is None:
+                encodings = ds._character_set
+                charset = tuple(encodings) if isinstance(encodings, list) else encodings
+            memo_key = _memo_key(tag, item, charset, threshold)
+            if memo_key is not None:
+                known = _memo.get(memo_key)
+                if known is not None:
+                    out[key] = known
+                    continue
         elem: DataElement = ds[tag]
         vr = elem.VR
         if vr == "SQ":
@@ -90,7 +130,11 @@ def dataset_to_json(
             if tag in PIXEL_DATA_TAGS or length > threshold:
                 out[key] = {"vr": vr, "BulkDataURI": f"{uri_prefix}/{'/'.join((*path, key))}"}
                 continue
-        out[key] = elem.to_json_dict(None, threshold + 1)
+        rendered = out[key] = elem.to_json_dict(None, threshold + 1)
+        if memo_key is not None:
+            if len(_memo) >= _MEMO_LIMIT:
+                _memo.clear()
+            _memo[memo_key] = rendered
     return out
 
 

@@ -9,8 +9,11 @@ the same verified, crash-safe migration) and ask the kernel to read its hot file
 Bounds: at most ``prefetch_max_concurrency`` blob transfers at once over all studies, at most
 ``prefetch_max_bytes`` copied or read ahead per study request; a study already queued or being
 prefetched is not queued again. Live requests come first: urgent recalls jump the queue, and
-while a live cold read is open the prefetch transfers drop to one at a time, so prefetch never
-competes with a viewer for the cold store's bandwidth.
+while a live cold read of *another* study is open the prefetch transfers drop to one at a
+time, so prefetch never competes with a viewer for the cold store's bandwidth. A live read of
+the study being prefetched does not slow it down: both fetch through
+:meth:`TierManager.fetch_cold`, so every blob is downloaded once whoever asks first, and the
+recall running ahead of the viewer is what makes its next reads hot.
 """
 
 from __future__ import annotations
@@ -75,7 +78,8 @@ class Prefetcher:
         self._n_workers = max(1, min(workers, self.max_concurrency))
         self._cond = asyncio.Condition()
         self._inflight = 0
-        self._live = 0
+        self._live: dict[str | None, int] = {}
+        """Open live cold reads per StudyInstanceUID (None: study not known)."""
         self._idle = asyncio.Event()
         self._idle.set()
 
@@ -105,7 +109,7 @@ class Prefetcher:
         """TierManager hook: a cold instance was opened; recall its study in the background
         and count the read as live until it is closed."""
         self.request(study_uid, urgent=True)
-        return self.track_live(reader)
+        return self.track_live(reader, study_uid)
 
     async def wait_idle(self, timeout: float | None = None) -> None:
         """Until nothing is queued or running (tests, graceful shutdown)."""
@@ -113,23 +117,35 @@ class Prefetcher:
 
     # -- live-request priority ----------------------------------------------------------------
 
-    def track_live(self, reader: BlobReader) -> BlobReader:
-        """Mark a live (client) cold read as open until the reader is closed."""
-        self._live += 1
-        return _LiveReader(reader, self)
+    def track_live(self, reader: BlobReader, study_uid: str | None = None) -> BlobReader:
+        """Mark a live (client) cold read of ``study_uid`` as open until the reader is
+        closed."""
+        self._live[study_uid] = self._live.get(study_uid, 0) + 1
+        return _LiveReader(reader, self, study_uid)
 
-    async def _live_done(self) -> None:
+    async def _live_done(self, study_uid: str | None) -> None:
         async with self._cond:
-            self._live -= 1
+            left = self._live.get(study_uid, 0) - 1
+            if left > 0:
+                self._live[study_uid] = left
+            else:
+                self._live.pop(study_uid, None)
             self._cond.notify_all()
 
+    def _limit(self, study_uid: str | None) -> int:
+        others = any(uid != study_uid or uid is None for uid in self._live)
+        return 1 if others else self.max_concurrency
+
+    def for_study(self, study_uid: str) -> _StudySlots:
+        """The transfer limiter of a prefetch of ``study_uid``."""
+        return _StudySlots(self, study_uid)
+
     @contextlib.asynccontextmanager
-    async def slot(self) -> AsyncIterator[None]:
-        """One transfer: at most max_concurrency at once, one while a live read is open."""
+    async def slot(self, study_uid: str | None = None) -> AsyncIterator[None]:
+        """One transfer: at most max_concurrency at once; one while a live read of another
+        study (or of an unknown one) is open."""
         async with self._cond:
-            await self._cond.wait_for(
-                lambda: self._inflight < (1 if self._live > 0 else self.max_concurrency)
-            )
+            await self._cond.wait_for(lambda: self._inflight < self._limit(study_uid))
             self._inflight += 1
             self.stats.peak_transfers = max(self.stats.peak_transfers, self._inflight)
         try:
@@ -173,7 +189,9 @@ class Prefetcher:
     async def _prefetch(self, study_uid: str, *, urgent: bool) -> None:
         # A recall caused by a cold read brings the whole study; a prefetch is bounded.
         budget = None if urgent else self.max_bytes
-        result = await self.tiers.migrate_study(study_uid, Tier.HOT, max_bytes=budget, limiter=self)
+        result = await self.tiers.migrate_study(
+            study_uid, Tier.HOT, max_bytes=budget, limiter=self.for_study(study_uid)
+        )
         self.stats.bytes_recalled += result.bytes
         remaining = None if budget is None else budget - result.bytes
         await self._warm(study_uid, remaining)
@@ -187,7 +205,7 @@ class Prefetcher:
                 if size > budget:
                     break
                 budget -= size
-            async with self.slot():
+            async with self.slot(study_uid):
                 await asyncio.to_thread(_will_need, self.tiers.hot.path_of(key))
             self.stats.bytes_warmed += size
 
@@ -212,12 +230,24 @@ def _will_need(path: Path) -> None:
         os.close(fd)
 
 
+class _StudySlots:
+    """Prefetcher.slot for one study (a storage.tiering.TransferLimiter)."""
+
+    def __init__(self, owner: Prefetcher, study_uid: str) -> None:
+        self._owner = owner
+        self._study_uid = study_uid
+
+    def slot(self) -> contextlib.AbstractAsyncContextManager[None]:
+        return self._owner.slot(self._study_uid)
+
+
 class _LiveReader:
     """A BlobReader that tells the prefetcher when the live read ends."""
 
-    def __init__(self, inner: BlobReader, owner: Prefetcher) -> None:
+    def __init__(self, inner: BlobReader, owner: Prefetcher, study_uid: str | None) -> None:
         self._inner = inner
         self._owner: Prefetcher | None = owner
+        self._study_uid = study_uid
         self.size = inner.size
         self.local_path = inner.local_path
 
@@ -237,4 +267,4 @@ class _LiveReader:
             await self._inner.close()
         finally:
             if owner is not None:
-                await owner._live_done()
+                await owner._live_done(self._study_uid)

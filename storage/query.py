@@ -9,9 +9,13 @@ interprets matching semantics, so QIDO and C-FIND cannot drift apart.
 from __future__ import annotations
 
 import enum
-from dataclasses import dataclass, field
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
 
+from pydicom.config import IGNORE
 from pydicom.datadict import dictionary_VR
+from pydicom.dataelem import DataElement, empty_value_for_VR
 from pydicom.dataset import Dataset
 
 from storage.errors import InvalidQuery
@@ -139,13 +143,76 @@ class Query:
         return None
 
 
-@dataclass(frozen=True)
-class QueryResult:
-    """Matched entities, each a Dataset of the attributes to return (ordered, paged)."""
+JsonObject = dict[str, Any]
+"""One data set in the DICOM JSON Model (PS3.18 F.2): tag (8 hex digits) → element."""
 
-    matches: list[Dataset] = field(default_factory=list)
-    unsupported_keys: tuple[int, ...] = ()
-    """Keys the index cannot match on; they were ignored (QIDO answers Warning: 299)."""
+
+class QueryResult:
+    """Matched entities in order (paged), each with the attributes to return.
+
+    The index renders them as DICOM JSON objects (``objects``), which QIDO-RS serves as they
+    are; ``matches`` are the same as pydicom Datasets (C-FIND), made on first use. A result
+    built from Datasets (``QueryResult(matches=...)``) gives its JSON the same way."""
+
+    def __init__(
+        self,
+        matches: Sequence[Dataset] | None = None,
+        unsupported_keys: tuple[int, ...] = (),
+        *,
+        objects: Sequence[JsonObject] | None = None,
+    ) -> None:
+        self._matches = list(matches) if matches is not None else None
+        self._objects = list(objects) if objects is not None else None
+        self.unsupported_keys = unsupported_keys
+        """Keys the index cannot match on; they were ignored (QIDO answers Warning: 299)."""
+
+    @property
+    def objects(self) -> list[JsonObject]:
+        if self._objects is None:
+            # A huge threshold keeps binary values inline: results carry no bulk data.
+            self._objects = [
+                ds.to_json_dict(bulk_data_threshold=1 << 62) for ds in self._matches or ()
+            ]
+        return self._objects
+
+    @property
+    def matches(self) -> list[Dataset]:
+        if self._matches is None:
+            self._matches = [dataset_from_json(obj) for obj in self._objects or ()]
+        return self._matches
+
+
+def dataset_from_json(obj: JsonObject) -> Dataset:
+    ds = Dataset()
+    for key, element in obj.items():
+        ds.add(element_from_json(int(key, 16), element))
+    return ds
+
+
+def element_from_json(tag: int, obj: JsonObject) -> DataElement:
+    """A DataElement from its DICOM JSON (PS3.18 F.2), fast for the common value types.
+
+    The values were validated when the object was ingested, so they are not validated again
+    (pydicom's per-element validation dominated the cost of large result sets). Sequences,
+    binary values and AT fall back to pydicom's own converter.
+    """
+    vr = obj.get("vr", "UN")
+    if vr in ("SQ", "AT") or "InlineBinary" in obj or "BulkDataURI" in obj:
+        return Dataset.from_json({f"{tag:08X}": obj})[tag]
+    values = obj.get("Value")
+    if not values:
+        return DataElement(tag, vr, empty_value_for_VR(vr), validation_mode=IGNORE)
+    if vr == "PN":
+        values = [_person_name(v) for v in values]
+    value = values[0] if len(values) == 1 else values
+    return DataElement(tag, vr, value, validation_mode=IGNORE)
+
+
+def _person_name(value: Any) -> str:
+    if not isinstance(value, dict):
+        return str(value)
+    groups = [value.get(g, "") for g in ("Alphabetic", "Ideographic", "Phonetic")]
+    return "=".join(groups).rstrip("=")
 
 
 def _vr_of(tag: int) -> str:

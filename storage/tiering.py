@@ -5,6 +5,11 @@ New instances land hot. :meth:`TierManager.run_policy` moves studies cold that n
 ``hot_high_watermark_bytes``; :meth:`TierManager.migrate_study` moves one study either way
 (recall = to hot). :class:`TierPolicyTask` runs the policy periodically in the server.
 
+Reads and recalls share their downloads (:meth:`TierManager.fetch_cold`): a cold blob is
+fetched by one GET however many readers and recalls want it at once, verified, handed to
+all of them, and written as the hot copy; the recall flips rows and deletes cold copies in
+batches (one index transaction and one S3 DeleteObjects request per batch).
+
 Crash safety. The ``instances.tier`` column names the copy that readers use, and every state a
 crash (kill -9) can leave is valid:
 
@@ -26,17 +31,21 @@ UPDATE`` on PostgreSQL, ``BEGIN IMMEDIATE`` on SQLite) and sees the target copy 
 copy is deleted only inside such a transaction that sees the row name the *other* tier. The
 source copy is deleted only after the flip committed, so the row never names a deleted copy.
 Copies are verified before the flip: the cold copy is read back and hashed (S3 ETags are not
-content hashes for multipart uploads), a recalled copy is hashed while it downloads.
+content hashes for multipart uploads), a recalled copy is hashed before it is written hot
+(whole, for blobs up to FETCH_WHOLE_BYTES; while it downloads, for larger ones).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
+import hashlib
+import itertools
 import logging
 import os
 import time
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -60,6 +69,10 @@ _BATCH = 32
 """Instances flipped per index transaction: bounds how long a migration holds row locks."""
 _LOW_WATERMARK = 0.9
 """Once over the high watermark, move studies cold until the hot tier is under 90% of it."""
+FETCH_WHOLE_BYTES = 16 << 20
+"""Cold blobs up to this size (CT/MR slices, most single-frame images) are fetched whole, by
+one shared GET, when opened (see :meth:`TierManager.fetch_cold`); larger ones stream from the
+object store, so a request holds at most a few of these in memory at once."""
 
 
 def _now() -> datetime:
@@ -194,16 +207,20 @@ class _Row:
     tier: str
 
 
+def _row_columns() -> Select[Any]:
+    return select(
+        instances.c.id,
+        instances.c.sop_uid,
+        instances.c.blob_key,
+        instances.c.sha256,
+        instances.c.size,
+        instances.c.tier,
+    )
+
+
 def _study_rows(study_uid: str) -> Select[Any]:
     return (
-        select(
-            instances.c.id,
-            instances.c.sop_uid,
-            instances.c.blob_key,
-            instances.c.sha256,
-            instances.c.size,
-            instances.c.tier,
-        )
+        _row_columns()
         .select_from(
             instances.join(series, instances.c.series_pk == series.c.id).join(
                 studies, series.c.study_pk == studies.c.id
@@ -240,6 +257,11 @@ class TierManager:
         self._touched: dict[str, float] = {}
         self._study_locks: dict[str, _StudyLock] = {}
         self._background: set[asyncio.Task[Any]] = set()
+        self._fetches: dict[str, _ColdFetch] = {}
+        self._hot_writes: dict[str, asyncio.Task[None]] = {}
+        self._kept: dict[str, str] = {}
+        """Blob keys (-> StudyInstanceUID) whose kept hot copy awaits its flip."""
+        self._flusher: asyncio.Task[None] | None = None
         self.cold_read_hook: Callable[[str, BlobReader], BlobReader] | None = None
         """Called with the StudyInstanceUID and the reader whenever a cold instance is opened;
         returns the reader to hand out (the prefetcher recalls the study in the background
@@ -258,9 +280,10 @@ class TierManager:
         made, open it where the index says it is now. Cold reads are verified against the
         SHA-256 recorded at ingest and ask for the study to be recalled."""
         self.touch(location.study_uid)
-        if location.tier is Tier.COLD:
+        if location.tier is Tier.COLD and location.blob_key not in self._fetches:
             # Recalled (or prefetched) since the plan was made? A hot copy is always complete
             # (temp file + rename) and was verified before it was written, so it may serve.
+            # (A fetch in flight is joined instead, see _copy_to_hot for why in this order.)
             with contextlib.suppress(NotFound):
                 return await self.hot.open(location.blob_key)
         try:
@@ -282,14 +305,130 @@ class TierManager:
     async def _open_on(self, tier: Tier, location: InstanceLocation) -> BlobReader:
         if tier is Tier.HOT:
             return await self.hot.open(location.blob_key)
-        reader: BlobReader = await self.cold.open(
-            location.blob_key, expected_sha256=location.sha256
-        )
+        recall = self.cold_read_hook is not None
+        reader: BlobReader
+        if location.size <= FETCH_WHOLE_BYTES:
+            # One GET (no HEAD: the index knows the size), shared with the recall and any
+            # other reader of this blob; verified before a byte is handed out. With recall on,
+            # these very bytes become the hot copy: the recall does not download them again.
+            data = await self.fetch_cold(location.blob_key, location.sha256, keep=recall)
+            reader = VerifiedBytesReader(data)
+            if recall:
+                self._spawn(self._flip_kept(location))
+        else:
+            reader = await self.cold.open(location.blob_key, expected_sha256=location.sha256)
+            if recall:
+                reader = _KeepingReader(reader, self, location)
         if self.cold_read_hook is not None:
-            # Recall is on: keep what the client streams, then ask for the rest of the study.
-            reader = _KeepingReader(reader, self, location)
+            # Recall is on: ask for the rest of the study (and track the live read).
             reader = self.cold_read_hook(location.study_uid, reader)
         return reader
+
+    # -- shared cold fetches ----------------------------------------------------------------
+
+    def fetch_cold(self, key: str, sha256: str, *, keep: bool) -> Awaitable[bytes]:
+        """The verified bytes of cold blob ``key``, fetched by one GET however many readers
+        and recalls ask for it at once. With ``keep`` (any asker's), the bytes are then
+        written as the hot copy (temp file, fsync, rename; the index still says cold until a
+        recall flips it, which is a valid state of the crash-safety table).
+
+        Raises NotFound, CorruptBlob (SHA-256 mismatch), StoreUnavailable.
+        """
+        entry = self._fetches.get(key)
+        if entry is None:
+            entry = _ColdFetch(self._spawn(self._get_verified(key, sha256)))
+            self._fetches[key] = entry
+            entry.task.add_done_callback(functools.partial(self._fetched, key, entry))
+        entry.keep = entry.keep or keep
+        # Shielded: a reader that goes away must not cancel the GET the others wait for.
+        return asyncio.shield(entry.task)
+
+    async def _get_verified(self, key: str, sha256: str) -> bytes:
+        data = await self.cold.get(key)
+        if await _sha256_hex(data) != sha256:
+            raise CorruptBlob(f"cold blob {key} fails its SHA-256")
+        return data
+
+    def _fetched(self, key: str, entry: _ColdFetch, task: asyncio.Task[bytes]) -> None:
+        # Stays registered until its hot copy is written, so a reader arriving meanwhile
+        # (hot file not yet renamed into place) joins it instead of downloading again.
+        if task.cancelled() or task.exception() is not None or not entry.keep:
+            self._forget_fetch(key, entry)
+            return
+        write = self.write_hot(key, task.result())
+        write.add_done_callback(lambda _: self._forget_fetch(key, entry))
+
+    async def _flip_kept(self, location: InstanceLocation) -> None:
+        """Once the hot copy a client's cold read kept is written, flip its row (batched with
+        other kept copies: one index transaction and one bulk delete per batch)."""
+        write = self._hot_writes.get(location.blob_key)
+        if write is not None:
+            with contextlib.suppress(Exception):
+                await asyncio.shield(write)
+        self._kept[location.blob_key] = location.study_uid
+        if self._flusher is None:
+            self._flusher = self._spawn(self._flush_kept())
+
+    async def _flush_kept(self) -> None:
+        try:
+            await asyncio.sleep(0.02)  # let the rest of a batch of reads arrive
+            while self._kept:
+                batch = list(itertools.islice(self._kept.items(), _BATCH))
+                for key, _ in batch:
+                    del self._kept[key]
+                # A recall running for the study flips these rows itself.
+                keys = [key for key, study in batch if not self.is_busy(study)]
+                if not keys:
+                    continue
+                async with self._db(self._read) as conn:
+                    found = (
+                        await conn.execute(
+                            _row_columns().where(
+                                instances.c.blob_key.in_(keys),
+                                instances.c.tier == Tier.COLD.value,
+                            )
+                        )
+                    ).all()
+                rows = [_Row(*r) for r in found]
+                present = [r for r in rows if await self.hot.exists(r.blob_key)]
+                flipped = await self._flip(present, Tier.HOT)
+                await self._delete_sources(flipped, Tier.HOT)
+        except StorageError as exc:
+            log.warning("could not flip kept hot copies: %s", exc)
+        finally:
+            self._flusher = None
+
+    def _forget_fetch(self, key: str, entry: _ColdFetch) -> None:
+        if self._fetches.get(key) is entry:
+            del self._fetches[key]
+
+    def write_hot(self, key: str, data: bytes) -> asyncio.Task[None]:
+        """Write verified bytes as the hot copy of ``key`` (once, however many ask)."""
+        task = self._hot_writes.get(key)
+        if task is None:
+            task = self._spawn(self._write_hot(key, data))
+            self._hot_writes[key] = task
+
+            def done(t: asyncio.Task[None]) -> None:
+                if self._hot_writes.get(key) is t:
+                    del self._hot_writes[key]
+                if not t.cancelled() and (exc := t.exception()) is not None:
+                    log.warning("could not keep the hot copy of %s: %s", key, exc)
+
+            task.add_done_callback(done)
+        return task
+
+    async def _write_hot(self, key: str, data: bytes) -> None:
+        if await self.hot.exists(key):
+            return  # hot copies are complete and were verified before they were written
+        await asyncio.to_thread(self.spool_dir.mkdir, parents=True, exist_ok=True)
+        spooled = self.spool_dir / f"arca-cold-read-{os.urandom(8).hex()}.part"
+        try:
+            await asyncio.to_thread(_write_file, spooled, data)
+            # put_file fsyncs and renames into place, then removes the spooled file.
+            await self.hot.put_file(key, spooled)
+        finally:
+            await asyncio.to_thread(spooled.unlink, True)
 
     async def keep_streamed_copy(self, location: InstanceLocation, spooled: Path) -> None:
         """Make a verified, fully streamed cold blob (in ``spooled``) the hot copy: put it on
@@ -309,14 +448,7 @@ class TierManager:
         async with self._db(self._read) as conn:
             found = (
                 await conn.execute(
-                    select(
-                        instances.c.id,
-                        instances.c.sop_uid,
-                        instances.c.blob_key,
-                        instances.c.sha256,
-                        instances.c.size,
-                        instances.c.tier,
-                    ).where(
+                    _row_columns().where(
                         instances.c.sop_uid == location.sop_instance_uid,
                         instances.c.blob_key == location.blob_key,
                     )
@@ -426,13 +558,21 @@ class TierManager:
                     return None
             return row
 
-        for start in range(0, len(todo), _BATCH):
-            batch = todo[start : start + _BATCH]
-            copied = [r for r in await asyncio.gather(*(one(r) for r in batch)) if r is not None]
-            flipped = await self._flip(copied, target)
-            await self._delete_sources(flipped, target)
-            moved += flipped
-            deferred += len(copied) - len(flipped)
+        # Every copy is queued at once (the limiter bounds how many run) and flipped in
+        # batches as they complete in order, so copying never waits for a flip.
+        copies = [asyncio.ensure_future(one(r)) for r in todo]
+        try:
+            for start in range(0, len(copies), _BATCH):
+                batch = copies[start : start + _BATCH]
+                copied = [r for r in await asyncio.gather(*batch) if r is not None]
+                flipped = await self._flip(copied, target)
+                await self._delete_sources(flipped, target)
+                moved += flipped
+                deferred += len(copied) - len(flipped)
+        finally:
+            for task in copies:
+                task.cancel()
+            await asyncio.gather(*copies, return_exceptions=True)
         return MigrationResult(
             study_uid,
             target,
@@ -452,16 +592,23 @@ class TierManager:
             raise CorruptBlob(f"cold copy of {row.blob_key} does not match its SHA-256")
 
     async def _copy_to_hot(self, row: _Row) -> None:
-        if await self.hot.exists(row.blob_key):
+        # Joins a fetch in flight before looking at the hot tier: looking first could miss a
+        # copy that a finishing fetch renames into place meanwhile, and download it again.
+        if row.blob_key not in self._fetches and await self.hot.exists(row.blob_key):
             # Already there (a client's cold read kept its bytes, or a crash left the copy):
             # hot copies are complete and were verified before they were written.
             return
-        await asyncio.to_thread(self.spool_dir.mkdir, parents=True, exist_ok=True)
-        spooled = await self.cold.download(
-            row.blob_key, self._spool_path(row), expected_sha256=row.sha256
-        )
-        # put_file fsyncs and renames into place, then removes the spooled file.
-        await self.hot.put_file(row.blob_key, spooled)
+        if row.size > FETCH_WHOLE_BYTES:
+            await asyncio.to_thread(self.spool_dir.mkdir, parents=True, exist_ok=True)
+            spooled = await self.cold.download(
+                row.blob_key, self._spool_path(row), expected_sha256=row.sha256
+            )
+            # put_file fsyncs and renames into place, then removes the spooled file.
+            await self.hot.put_file(row.blob_key, spooled)
+            return
+        # The same GET a client's cold read of this blob uses (joined, never repeated).
+        data = await self.fetch_cold(row.blob_key, row.sha256, keep=True)
+        await asyncio.shield(self.write_hot(row.blob_key, data))
 
     def _spool_path(self, row: _Row) -> Path:
         return self.spool_dir / f"arca-cold-{row.id}-{os.urandom(6).hex()}.part"
@@ -497,8 +644,15 @@ class TierManager:
         source = Tier.HOT if target is Tier.COLD else Tier.COLD
         by_id = {r.id: r for r in rows}
         async with self._db(self._write, begin=True) as conn:
-            for row_id, tier, key in await self._lock_rows(conn, list(by_id)):
-                if tier == target.value and key == by_id[row_id].blob_key:
+            doomed = [
+                key
+                for row_id, tier, key in await self._lock_rows(conn, list(by_id))
+                if tier == target.value and key == by_id[row_id].blob_key
+            ]
+            if source is Tier.COLD:
+                await self.cold.delete_many(doomed)  # one DeleteObjects request per batch
+            else:
+                for key in doomed:
                     await self._delete_copy(source, key)
 
     async def _delete_copy(self, tier: Tier, key: str) -> None:
@@ -631,10 +785,11 @@ class TierManager:
 
     # -- plumbing ---------------------------------------------------------------------------
 
-    def _spawn(self, coro: Any) -> None:
+    def _spawn(self, coro: Any) -> asyncio.Task[Any]:
         task = asyncio.get_running_loop().create_task(coro)
         self._background.add(task)
         task.add_done_callback(self._background.discard)
+        return task
 
     async def close(self) -> None:
         for task in list(self._background):
@@ -647,6 +802,46 @@ class TierManager:
     async def _db(self, engine: AsyncEngine, *, begin: bool = False) -> AsyncIterator[Any]:
         async with index_engine.connect(engine, begin=begin) as conn:
             yield conn
+
+
+@dataclass
+class _ColdFetch:
+    """One in-flight GET of a cold blob (see TierManager.fetch_cold)."""
+
+    task: asyncio.Task[bytes]
+    keep: bool = False
+
+
+class VerifiedBytesReader:
+    """A BlobReader over a whole cold blob already fetched and checked against its SHA-256."""
+
+    local_path: Path | None = None
+
+    def __init__(self, data: bytes) -> None:
+        self._data = data
+        self.size = len(data)
+
+    async def read_range(self, offset: int, length: int) -> bytes:
+        if offset < 0 or length < 0:
+            raise ValueError("negative offset or length")
+        return self._data[offset : offset + length]
+
+    async def iter_chunks(self, chunk_size: int = 1 << 20) -> AsyncIterator[bytes]:
+        for start in range(0, self.size, chunk_size):
+            yield self._data[start : start + chunk_size]
+
+    async def read_all(self) -> bytes:
+        return self._data
+
+    async def close(self) -> None:
+        self._data = b""
+
+
+async def _sha256_hex(data: bytes) -> str:
+    # hashlib releases the GIL for large inputs: in a thread, the loop keeps serving.
+    if len(data) < 1 << 20:
+        return hashlib.sha256(data).hexdigest()
+    return await asyncio.to_thread(lambda: hashlib.sha256(data).hexdigest())
 
 
 class _KeepingReader:

@@ -6,6 +6,7 @@
     ├── NoCodec            no installed codec can encode/decode this syntax (HTTP 406)
     ├── CorruptPixelData   the stored stream does not decode / headers lie (per-instance failure)
     ├── WorkerCrashed      a codec worker process died; the pool was rebuilt (HTTP 503 / retry)
+    │   └── JobTimedOut    a job ran past job_timeout; the pool's workers were killed (HTTP 503)
     ├── FrameNotFound      a requested frame number is not in 1..NumberOfFrames (HTTP 404)
     └── BadRenderParams    a rendering parameter (window, viewport) is invalid (HTTP 400)
 """
@@ -27,6 +28,11 @@ class CorruptPixelData(TranscodingError):
 
 class WorkerCrashed(TranscodingError):
     """A worker process died (e.g. a codec segfault) while handling this request."""
+
+
+class JobTimedOut(WorkerCrashed):
+    """A job ran longer than ``TranscodingSettings.job_timeout`` (a hung or runaway codec);
+    its worker was killed. A WorkerCrashed, so it answers 503 with Retry-After like one."""
 
 
 class FrameNotFound(TranscodingError, IndexError):

@@ -1,4 +1,4 @@
-"""Compile a :class:`storage.query.Query` to one SQL SELECT for the index (any dialect).
+"""Compile a :class:`storage.query.Query` to one SQL SELECT per page for the index (any dialect).
 
 Matching semantics follow PS3.4 C.2.2.2: single value (PN case-insensitive, on the normalized
 column), wildcard ``*``/``?`` (SQL LIKE with an escape character), ranges of DA/TM/DT (fixed
@@ -13,8 +13,19 @@ A key the index has no column for is *unsupported*: it is ignored for matching a
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 
-from sqlalchemy import ColumnElement, FromClause, Select, and_, exists, func, literal, or_, select
+from sqlalchemy import (
+    ColumnElement,
+    FromClause,
+    Select,
+    and_,
+    exists,
+    func,
+    literal_column,
+    or_,
+    select,
+)
 from sqlalchemy.sql.expression import ColumnClause
 
 from conformance import attributes as A
@@ -41,10 +52,15 @@ _LAST = 2**31 - 1  # sorts entities without a number after those with one
 
 @dataclass
 class CompiledQuery:
-    statement: Select[tuple[object, ...]]
+    statement: Select[Any]
+    """One page of results: ids, each level's attributes JSON, UIDs, computed attributes."""
+    matching: Select[Any]
+    """The matching SELECT alone (ids and sort keys of the page), for benchmarks / EXPLAIN."""
     unsupported: list[int] = field(default_factory=list)
     levels: tuple[str, ...] = ()
     """Levels whose attributes JSON the statement selects, top first."""
+    computed: tuple[int, ...] = ()
+    """Computed attributes the statement selects (columns named by :func:`computed_column`)."""
 
 
 def _like_pattern(value: str) -> str:
@@ -203,32 +219,110 @@ def _request_sequence_condition(
     )
 
 
+def requested(query: Query) -> tuple[list[int], set[int]]:
+    """(tags to return in order, tags that must be present even when empty).
+
+    The level's default return attributes (PS3.18 Tables 10.6.3-3/4/5), then every matching
+    key and included attribute; keys and includes are returned even when empty (PS3.4
+    C.2.2.3). RetrieveURL and QueryRetrieveLevel are added by the service layer."""
+    level = query.level.value
+    forced = {key.tag for key in query.keys} | set(query.include)
+    ordered = list(dict.fromkeys([*A.DEFAULT_RETURN[level], *sorted(forced)]))
+    return [t for t in ordered if t not in NOT_RENDERED], forced - NOT_RENDERED
+
+
+NOT_RENDERED = frozenset({A.RETRIEVE_URL, 0x0008_0052})
+"""Added by the HTTP layer (RetrieveURL) or by the service layer from its own state."""
+
+
+def computed_column(tag: int) -> str:
+    """The label of the statement's column that carries computed attribute ``tag``."""
+    return f"c_{tag:08X}"
+
+
+NEARLINE = "nearline"
+"""Label of the column: the study / series has an instance on the cold tier."""
+
+
+def _computed_statements(
+    level: str, page_id: ColumnElement[int], wanted: set[int]
+) -> dict[int, ColumnElement[Any]]:
+    """Correlated scalar subqueries for the computed attributes of one page row.
+
+    Evaluated for the page's rows only (the page is a LIMITed subquery), never for every
+    match. SOPClassesInStudy is not here: it aggregates instances (see results)."""
+    study_instances = series.join(instances, instances.c.series_pk == series.c.id)
+    statements: dict[int, Select[Any]] = {}
+    if level == A.STUDY:
+        statements = {
+            A.NUMBER_OF_STUDY_RELATED_SERIES: select(func.count())
+            .select_from(series)
+            .where(series.c.study_pk == page_id),
+            A.NUMBER_OF_STUDY_RELATED_INSTANCES: select(func.count())
+            .select_from(study_instances)
+            .where(series.c.study_pk == page_id),
+            # Duplicates (several series of one modality) are removed when rendering: a
+            # DISTINCT aggregate with a separator exists on PostgreSQL but not on SQLite.
+            A.MODALITIES_IN_STUDY: select(func.aggregate_strings(series.c.modality, "\\"))
+            .select_from(series)
+            .where(series.c.study_pk == page_id),
+        }
+    elif level == A.SERIES:
+        statements = {
+            A.NUMBER_OF_SERIES_RELATED_INSTANCES: select(func.count())
+            .select_from(instances)
+            .where(instances.c.series_pk == page_id)
+        }
+    elif level == A.PATIENT:
+        patient_series = studies.join(series, series.c.study_pk == studies.c.id)
+        statements = {
+            A.NUMBER_OF_PATIENT_RELATED_STUDIES: select(func.count())
+            .select_from(studies)
+            .where(studies.c.patient_pk == page_id),
+            A.NUMBER_OF_PATIENT_RELATED_SERIES: select(func.count())
+            .select_from(patient_series)
+            .where(studies.c.patient_pk == page_id),
+            A.NUMBER_OF_PATIENT_RELATED_INSTANCES: select(func.count())
+            .select_from(patient_series.join(instances, instances.c.series_pk == series.c.id))
+            .where(studies.c.patient_pk == page_id),
+        }
+    return {
+        tag: statement.scalar_subquery() for tag, statement in statements.items() if tag in wanted
+    }
+
+
+def _nearline_column(level: str, page_id: ColumnElement[int]) -> ColumnElement[bool]:
+    # A literal, not a bound parameter: PostgreSQL uses the partial index ix_instances_cold
+    # (WHERE tier = 'cold') only when it can prove the predicate while planning.
+    cold = instances.c.tier == literal_column("'cold'")
+    if level == A.SERIES:
+        inner = select(instances.c.id).where(instances.c.series_pk == page_id, cold)
+    else:
+        inner = (
+            select(instances.c.id)
+            .select_from(series.join(instances, instances.c.series_pk == series.c.id))
+            .where(series.c.study_pk == page_id, cold)
+        )
+    return exists(inner)
+
+
+def wanted_computed(query: Query) -> tuple[set[int], bool]:
+    """(computed attributes to return, whether InstanceAvailability is returned)."""
+    level = query.level.value
+    ordered, _ = requested(query)
+    computed = set(A.COMPUTED[level]) if query.include_all else set(ordered) & A.COMPUTED[level]
+    availability = A.INSTANCE_AVAILABILITY in ordered and level != A.PATIENT
+    return computed, availability
+
+
 def compile_query(query: Query) -> CompiledQuery:
+    """One SELECT per page: the matching rows (ordered, paged) in a subquery, joined to
+    each level's attributes JSON, with the computed attributes of those rows only."""
     level = query.level.value
     levels = A.levels_up_to(level)
-    if query.level.value == A.PATIENT:
-        statement = select(patients.c.id, patients.c.attributes_json.label("json_PATIENT"))
-        source: FromClause = patients
-    else:
-        statement = select(LEVEL_TABLES[level].c.id)
-        source = studies.join(patients, studies.c.patient_pk == patients.c.id)
-        if level in (A.SERIES, A.IMAGE):
-            source = series.join(source, series.c.study_pk == studies.c.id)
-        if level == A.IMAGE:
-            source = instances.join(source, instances.c.series_pk == series.c.id)
-        for each in levels:
-            statement = statement.add_columns(
-                LEVEL_TABLES[each].c.attributes_json.label(f"json_{each}")
-            )
-        statement = statement.add_columns(studies.c.study_uid)
-        if level in (A.SERIES, A.IMAGE):
-            statement = statement.add_columns(series.c.series_uid)
-        if level == A.IMAGE:
-            statement = statement.add_columns(instances.c.sop_uid, instances.c.tier)
-    statement = statement.select_from(source)
-
     unsupported: list[int] = []
     conditions: list[ColumnElement[bool]] = []
+    needs_patients = False
     for key in query.keys:
         term: ColumnElement[bool] | None
         target = MATCH_COLUMNS.get(key.tag)
@@ -238,6 +332,7 @@ def compile_query(query: Query) -> CompiledQuery:
             term = column_condition(
                 _column(target.level, target.column, target.kind), target.kind, key, query.fuzzy
             )
+            needs_patients |= target.level == A.PATIENT and term is not None
         elif level == A.STUDY and key.tag in (A.MODALITIES_IN_STUDY, A.SOP_CLASSES_IN_STUDY):
             term = _study_computed_condition(key)
         elif key.tag == REQUEST_ATTRIBUTES_SEQUENCE and level in (A.SERIES, A.IMAGE):
@@ -252,38 +347,99 @@ def compile_query(query: Query) -> CompiledQuery:
             continue
         if term is not None:
             conditions.append(term)
-    if conditions:
-        statement = statement.where(*conditions)
 
-    statement = statement.order_by(*_order(level))
-    if query.offset:
-        statement = statement.offset(query.offset)
-    if query.limit is not None:
-        statement = statement.limit(query.limit)
-    return CompiledQuery(statement, unsupported, levels)
-
-
-def _order(level: str) -> list[ColumnElement[object]]:
+    # The matching SELECT: ids of the page's rows (and of their parents) and the sort keys.
     if level == A.PATIENT:
-        return [patients.c.patient_id, patients.c.id]
-    study_order: list[ColumnElement[object]] = [
-        func.coalesce(studies.c.study_date, literal("")).desc(),
-        func.coalesce(studies.c.study_time, literal("")).desc(),
-        studies.c.study_uid,
+        source: FromClause = patients
+        ids: list[ColumnElement[Any]] = [patients.c.id.label("id")]
+    else:
+        source = studies
+        if needs_patients:
+            source = source.join(patients, studies.c.patient_pk == patients.c.id)
+        if level in (A.SERIES, A.IMAGE):
+            source = series.join(source, series.c.study_pk == studies.c.id)
+        if level == A.IMAGE:
+            source = instances.join(source, instances.c.series_pk == series.c.id)
+        ids = [LEVEL_TABLES[level].c.id.label("id"), studies.c.patient_pk.label("pk_PATIENT")]
+        if level in (A.SERIES, A.IMAGE):
+            ids.append(studies.c.id.label("pk_STUDY"))
+        if level == A.IMAGE:
+            ids.append(series.c.id.label("pk_SERIES"))
+    order = _order(level)
+    sort_keys = [expression.label(f"sk{i}") for i, (expression, _) in enumerate(order)]
+    matching = select(*ids, *sort_keys).select_from(source)
+    if conditions:
+        matching = matching.where(*conditions)
+    matching = matching.order_by(
+        *(expression.desc() if descending else expression for expression, descending in order)
+    )
+    if query.offset:
+        matching = matching.offset(query.offset)
+    if query.limit is not None:
+        matching = matching.limit(query.limit)
+
+    # The page joined to its levels' rows, with the computed attributes per page row.
+    page = matching.subquery("page")
+    table = LEVEL_TABLES[level]
+    joined: FromClause = page.join(table, table.c.id == page.c.id)
+    for each in levels:
+        if each != level:
+            upper = LEVEL_TABLES[each]
+            joined = joined.join(upper, upper.c.id == page.c[f"pk_{each}"])
+    columns: list[ColumnElement[Any]] = [page.c.id]
+    columns += [LEVEL_TABLES[each].c.attributes_json.label(f"json_{each}") for each in levels]
+    if level != A.PATIENT:
+        columns.append(studies.c.study_uid)
+    if level in (A.SERIES, A.IMAGE):
+        columns.append(series.c.series_uid)
+    if level == A.IMAGE:
+        columns += [instances.c.sop_uid, instances.c.tier]
+    computed, availability = wanted_computed(query)
+    subqueries = _computed_statements(level, page.c.id, computed)
+    columns += [sub.label(computed_column(tag)) for tag, sub in subqueries.items()]
+    if availability and level in (A.STUDY, A.SERIES):
+        columns.append(_nearline_column(level, page.c.id).label(NEARLINE))
+    statement = (
+        select(*columns)
+        .select_from(joined)
+        .order_by(
+            *(
+                page.c[f"sk{i}"].desc() if descending else page.c[f"sk{i}"]
+                for i, (_, descending) in enumerate(order)
+            )
+        )
+    )
+    return CompiledQuery(statement, matching, unsupported, levels, tuple(subqueries))
+
+
+def _order(level: str) -> list[tuple[ColumnElement[Any], bool]]:
+    """(expression, descending) pairs: newest studies first, then series and instance
+    numbers (unnumbered last), UIDs breaking ties.
+
+    The empty-string and sentinel fallbacks are SQL literals, not bound parameters, so the
+    expressions are the very ones the index ``ix_studies_list_order`` (migration 0004) is
+    built on: PostgreSQL and SQLite then walk that index and stop after one page instead of
+    sorting every match."""
+    if level == A.PATIENT:
+        return [(patients.c.patient_id, False), (patients.c.id, False)]
+    study_order: list[tuple[ColumnElement[Any], bool]] = [
+        (func.coalesce(studies.c.study_date, literal_column("''")), True),
+        (func.coalesce(studies.c.study_time, literal_column("''")), True),
+        (studies.c.study_uid, False),
     ]
     if level == A.STUDY:
         return study_order
-    series_order: list[ColumnElement[object]] = [
-        func.coalesce(series.c.series_number, literal(_LAST)),
-        series.c.series_uid,
+    series_order: list[tuple[ColumnElement[Any], bool]] = [
+        (func.coalesce(series.c.series_number, literal_column(str(_LAST))), False),
+        (series.c.series_uid, False),
     ]
     if level == A.SERIES:
         return [*study_order, *series_order]
     return [
         *study_order,
         *series_order,
-        func.coalesce(instances.c.instance_number, literal(_LAST)),
-        instances.c.sop_uid,
+        (func.coalesce(instances.c.instance_number, literal_column(str(_LAST))), False),
+        (instances.c.sop_uid, False),
     ]
 
 

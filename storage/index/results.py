@@ -1,10 +1,15 @@
-"""Turn matched index rows into result data sets: stored attributes plus computed ones.
+"""Turn matched index rows into results: DICOM JSON straight from the stored attributes.
 
-Each row carries the attributes JSON of its level and the levels above; the result holds the
-level's default return attributes that are present (PS3.18 Tables 10.6.3-3/4/5), every
-matching key and included attribute (empty when the entity has no value, as C-FIND requires,
-PS3.4 C.2.2.3), the UIDs of the enclosing levels, and the computed attributes (counts,
-ModalitiesInStudy, SOPClassesInStudy), computed for the page of rows in grouped queries.
+Each row of the compiled statement (:mod:`storage.index.compile`) carries the attributes JSON
+of its level and the levels above, the UIDs, and the computed attributes of that row (counts,
+ModalitiesInStudy, whether something is on the cold tier). A result holds the level's default
+return attributes that are present (PS3.18 Tables 10.6.3-3/4/5), every matching key and
+included attribute (empty when the entity has no value, as C-FIND requires, PS3.4 C.2.2.3),
+the UIDs of the enclosing levels and the computed attributes.
+
+Results are built as DICOM JSON objects (PS3.18 F.2) from the stored JSON elements, without
+a pydicom Dataset per row: the stored elements were written by pydicom at ingest and are
+passed through unchanged. C-FIND turns them into Datasets (:class:`storage.query.QueryResult`).
 """
 
 from __future__ import annotations
@@ -14,253 +19,150 @@ from collections import defaultdict
 from collections.abc import Sequence
 from typing import Any
 
-from pydicom.config import IGNORE
 from pydicom.datadict import dictionary_VR
-from pydicom.dataelem import DataElement, empty_value_for_VR
 from pydicom.dataset import Dataset
-from sqlalchemy import Row, distinct, func, select
+from sqlalchemy import Row, select
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from conformance import attributes as A
-from storage.index.schema import instances, series, studies
-from storage.query import Query
+from storage.index.compile import (
+    NEARLINE,
+    NOT_RENDERED,
+    compile_query,
+    computed_column,
+    requested,
+    wanted_computed,
+)
+from storage.index.schema import instances, series
+from storage.query import JsonObject, Query, QueryResult
 
-_UID_TAGS = {A.STUDY: 0x0020_000D, A.SERIES: 0x0020_000E, A.IMAGE: 0x0008_0018}
-# Added by the HTTP layer (RetrieveURL) or by the service layer from its own state.
-_NOT_RENDERED = frozenset({A.RETRIEVE_URL, 0x0008_0052})
-
-
-def _requested(query: Query) -> tuple[list[int], set[int]]:
-    """(tags to return in order, tags that must be present even when empty)."""
-    level = query.level.value
-    forced = {key.tag for key in query.keys} | set(query.include)
-    ordered = list(dict.fromkeys([*A.DEFAULT_RETURN[level], *sorted(forced)]))
-    return [t for t in ordered if t not in _NOT_RENDERED], forced - _NOT_RENDERED
-
-
-async def _counts(conn: AsyncConnection, statement: Any, ids: list[int]) -> dict[int, Any]:
-    if not ids:
-        return {}
-    return {int(row[0]): row[1] for row in (await conn.execute(statement)).all()}
+_UID_COLUMNS = {A.STUDY: "study_uid", A.SERIES: "series_uid", A.IMAGE: "sop_uid"}
+_UID_KEYS = {A.STUDY: "0020000D", A.SERIES: "0020000E", A.IMAGE: "00080018"}
+_MULTI_VALUED = (A.MODALITIES_IN_STUDY, A.SOP_CLASSES_IN_STUDY)
 
 
-async def _study_computed(
-    conn: AsyncConnection, ids: list[int], wanted: set[int]
-) -> dict[int, dict[int, Any]]:
-    out: dict[int, dict[int, Any]] = defaultdict(dict)
-    if A.NUMBER_OF_STUDY_RELATED_SERIES in wanted:
-        counts = await _counts(
-            conn,
-            select(series.c.study_pk, func.count(series.c.id))
-            .where(series.c.study_pk.in_(ids))
-            .group_by(series.c.study_pk),
-            ids,
-        )
-        for pk in ids:
-            out[pk][A.NUMBER_OF_STUDY_RELATED_SERIES] = counts.get(pk, 0)
-    if A.NUMBER_OF_STUDY_RELATED_INSTANCES in wanted:
-        counts = await _counts(
-            conn,
-            select(series.c.study_pk, func.count(instances.c.id))
-            .select_from(instances.join(series, instances.c.series_pk == series.c.id))
-            .where(series.c.study_pk.in_(ids))
-            .group_by(series.c.study_pk),
-            ids,
-        )
-        for pk in ids:
-            out[pk][A.NUMBER_OF_STUDY_RELATED_INSTANCES] = counts.get(pk, 0)
-    if A.MODALITIES_IN_STUDY in wanted:
-        rows = await conn.execute(
-            select(series.c.study_pk, series.c.modality)
-            .where(series.c.study_pk.in_(ids), series.c.modality.is_not(None))
-            .distinct()
-        )
-        found: dict[int, set[str]] = defaultdict(set)
-        for pk, modality in rows.all():
-            found[int(pk)].add(modality)
-        for pk in ids:
-            out[pk][A.MODALITIES_IN_STUDY] = sorted(found.get(pk, ()))
-    if A.SOP_CLASSES_IN_STUDY in wanted:
-        rows = await conn.execute(
-            select(series.c.study_pk, instances.c.sop_class_uid)
-            .select_from(instances.join(series, instances.c.series_pk == series.c.id))
-            .where(series.c.study_pk.in_(ids))
-            .distinct()
-        )
-        classes: dict[int, set[str]] = defaultdict(set)
-        for pk, uid in rows.all():
-            classes[int(pk)].add(uid)
-        for pk in ids:
-            out[pk][A.SOP_CLASSES_IN_STUDY] = sorted(classes.get(pk, ()))
-    return out
-
-
-async def _series_computed(
-    conn: AsyncConnection, ids: list[int], wanted: set[int]
-) -> dict[int, dict[int, Any]]:
-    out: dict[int, dict[int, Any]] = defaultdict(dict)
-    if A.NUMBER_OF_SERIES_RELATED_INSTANCES in wanted:
-        counts = await _counts(
-            conn,
-            select(instances.c.series_pk, func.count(instances.c.id))
-            .where(instances.c.series_pk.in_(ids))
-            .group_by(instances.c.series_pk),
-            ids,
-        )
-        for pk in ids:
-            out[pk][A.NUMBER_OF_SERIES_RELATED_INSTANCES] = counts.get(pk, 0)
-    return out
-
-
-async def _patient_computed(
-    conn: AsyncConnection, ids: list[int], wanted: set[int]
-) -> dict[int, dict[int, Any]]:
-    out: dict[int, dict[int, Any]] = defaultdict(dict)
-    source = studies.outerjoin(series, series.c.study_pk == studies.c.id).outerjoin(
-        instances, instances.c.series_pk == series.c.id
-    )
-    columns = {
-        A.NUMBER_OF_PATIENT_RELATED_STUDIES: func.count(distinct(studies.c.id)),
-        A.NUMBER_OF_PATIENT_RELATED_SERIES: func.count(distinct(series.c.id)),
-        A.NUMBER_OF_PATIENT_RELATED_INSTANCES: func.count(instances.c.id),
-    }
-    needed = [tag for tag in columns if tag in wanted]
-    if not needed or not ids:
-        return out
-    rows = await conn.execute(
-        select(studies.c.patient_pk, *(columns[t] for t in needed))
-        .select_from(source)
-        .where(studies.c.patient_pk.in_(ids))
-        .group_by(studies.c.patient_pk)
-    )
-    by_patient = {int(row[0]): row[1:] for row in rows.all()}
-    for pk in ids:
-        values = by_patient.get(pk, (0,) * len(needed))
-        for tag, value in zip(needed, values, strict=True):
-            out[pk][tag] = int(value)
-    return out
-
-
-def element_from_json(tag: int, obj: dict[str, Any]) -> DataElement:
-    """A DataElement from its DICOM JSON (PS3.18 F.2), fast for the common value types.
-
-    The values were validated when the object was ingested, so they are not validated again
-    (pydicom's per-element validation dominated the cost of large result sets). Sequences,
-    binary values and AT fall back to pydicom's own converter.
-    """
-    vr = obj.get("vr", "UN")
-    if vr in ("SQ", "AT") or "InlineBinary" in obj or "BulkDataURI" in obj:
-        return Dataset.from_json({f"{tag:08X}": obj})[tag]
-    values = obj.get("Value")
-    if not values:
-        return DataElement(tag, vr, empty_value_for_VR(vr), validation_mode=IGNORE)
-    if vr == "PN":
-        values = [_person_name(v) for v in values]
-    value = values[0] if len(values) == 1 else values
-    return DataElement(tag, vr, value, validation_mode=IGNORE)
-
-
-def _person_name(value: Any) -> str:
-    if not isinstance(value, dict):
-        return str(value)
-    groups = [value.get(g, "") for g in ("Alphabetic", "Ideographic", "Phonetic")]
-    return "=".join(groups).rstrip("=")
-
-
-async def _nearline(conn: AsyncConnection, level: str, ids: list[int]) -> set[int]:
-    """Studies / series of the page with at least one instance on the cold tier."""
-    if not ids:
-        return set()
-    if level == A.SERIES:
-        statement = select(instances.c.series_pk).where(
-            instances.c.series_pk.in_(ids), instances.c.tier == "cold"
-        )
-    else:
-        statement = (
-            select(series.c.study_pk)
-            .select_from(instances.join(series, instances.c.series_pk == series.c.id))
-            .where(series.c.study_pk.in_(ids), instances.c.tier == "cold")
-        )
-    return {int(pk) for pk in (await conn.execute(statement.distinct())).scalars()}
-
-
-def _empty_element(tag: int) -> DataElement | None:
-    try:
-        vr = str(dictionary_VR(tag))
-    except KeyError:
-        return None
-    if " or " in vr:
-        vr = vr.split(" or ")[0]
-    return DataElement(tag, vr, [] if vr == "SQ" else None)
-
-
-def _computed_element(tag: int, value: Any) -> DataElement:
-    if tag in (A.MODALITIES_IN_STUDY, A.SOP_CLASSES_IN_STUDY):
-        vr = "CS" if tag == A.MODALITIES_IN_STUDY else "UI"
-        return DataElement(tag, vr, list(value) if len(value) != 1 else value[0])
-    return DataElement(tag, "IS", int(value))
+async def search(conn: AsyncConnection, query: Query) -> QueryResult:
+    """Match ``query`` and render one page of results: one SELECT (two with
+    SOPClassesInStudy)."""
+    compiled = compile_query(query)
+    rows = (await conn.execute(compiled.statement)).all()
+    objects = await render_objects(conn, query, compiled.levels, rows)
+    return QueryResult(objects=objects, unsupported_keys=tuple(dict.fromkeys(compiled.unsupported)))
 
 
 async def render_rows(
     conn: AsyncConnection, query: Query, levels: tuple[str, ...], rows: Sequence[Row[Any]]
 ) -> list[Dataset]:
-    level = query.level.value
-    ordered, forced = _requested(query)
-    computed_tags = A.COMPUTED[level]
-    wanted_computed = set(ordered) & computed_tags
-    if query.include_all:
-        wanted_computed = set(computed_tags)
-    ids = [int(row.id) for row in rows]
-    if level == A.STUDY:
-        computed = await _study_computed(conn, ids, wanted_computed)
-    elif level == A.SERIES:
-        computed = await _series_computed(conn, ids, wanted_computed)
-    elif level == A.PATIENT:
-        computed = await _patient_computed(conn, ids, wanted_computed)
-    else:
-        computed = {}
+    """The rows as pydicom Datasets (for callers that need them)."""
+    return QueryResult(objects=await render_objects(conn, query, levels, rows)).matches
 
-    nearline = await _nearline(conn, level, ids) if level in (A.STUDY, A.SERIES) else set()
-    results: list[Dataset] = []
-    parsed: dict[str, dict[str, Any]] = {}  # rows of one study share its JSON text
+
+async def _sop_classes_in_study(conn: AsyncConnection, ids: list[int]) -> dict[int, list[str]]:
+    if not ids:
+        return {}
+    rows = await conn.execute(
+        select(series.c.study_pk, instances.c.sop_class_uid)
+        .select_from(instances.join(series, instances.c.series_pk == series.c.id))
+        .where(series.c.study_pk.in_(ids))
+        .distinct()
+    )
+    classes: dict[int, set[str]] = defaultdict(set)
+    for pk, uid in rows.all():
+        classes[int(pk)].add(uid)
+    return {pk: sorted(classes.get(pk, ())) for pk in ids}
+
+
+def _empty(tag: int) -> JsonObject | None:
+    """The DICOM JSON of an empty element (PS3.18 F.2.5); None for an unknown tag."""
+    try:
+        vr = str(dictionary_VR(tag))
+    except KeyError:
+        return None
+    vr = vr.split(" or ")[0]
+    return {"vr": "SQ", "Value": []} if vr == "SQ" else {"vr": vr}
+
+
+def _computed(tag: int, value: Any) -> JsonObject:
+    if tag in _MULTI_VALUED:
+        vr = "CS" if tag == A.MODALITIES_IN_STUDY else "UI"
+        if isinstance(value, str):  # aggregated by the database, '\' separated
+            value = sorted({v for v in value.split("\\") if v})
+        values = list(value or ())
+        return {"vr": vr, "Value": values} if values else {"vr": vr}
+    return {"vr": "IS", "Value": [int(value or 0)]}
+
+
+async def render_objects(
+    conn: AsyncConnection, query: Query, levels: tuple[str, ...], rows: Sequence[Row[Any]]
+) -> list[JsonObject]:
+    if not rows:
+        return []
+    level = query.level.value
+    ordered, forced = requested(query)
+    computed_tags, availability = wanted_computed(query)
+    extra: dict[int, dict[int, Any]] = {}
+    if level == A.STUDY and A.SOP_CLASSES_IN_STUDY in computed_tags:
+        classes = await _sop_classes_in_study(conn, [int(row.id) for row in rows])
+        extra = {pk: {A.SOP_CLASSES_IN_STUDY: uids} for pk, uids in classes.items()}
+
+    # Everything that is the same for every row is worked out once.
+    wanted_keys = [f"{tag:08X}" for tag in ordered]
+    uid_keys = [(_UID_KEYS[each], _UID_COLUMNS[each]) for each in levels if each in _UID_KEYS]
+    for key, _ in uid_keys:
+        if key not in wanted_keys:
+            wanted_keys.append(key)
+    position = {name: i for i, name in enumerate(rows[0]._fields)}
+    json_positions = [(each, position[f"json_{each}"]) for each in levels]
+    uid_positions = [(key, position[column]) for key, column in uid_keys]
+    computed_positions = [
+        (f"{tag:08X}", tag, position[computed_column(tag)])
+        for tag in sorted(computed_tags)
+        if computed_column(tag) in position
+    ]
+    availability_key = f"{A.INSTANCE_AVAILABILITY:08X}"
+    nearline_position = position.get(NEARLINE)
+    tier_position = position.get("tier")
+    empties = {
+        f"{tag:08X}": empty
+        for tag in forced
+        if tag not in NOT_RENDERED and (empty := _empty(tag)) is not None
+    }
+
+    results: list[JsonObject] = []
+    parsed: dict[str, JsonObject] = {}  # rows of one study share its JSON text
     for row in rows:
-        stored: dict[str, Any] = {}
-        for each in levels:
-            text = getattr(row, f"json_{each}")
+        stored: JsonObject = {}
+        for each, at in json_positions:
+            text = row[at]
             level_attrs = parsed.get(text) if each != level else None
             if level_attrs is None:
                 level_attrs = json.loads(text)
                 if each != level:
                     parsed[text] = level_attrs
             stored.update(level_attrs)
-        for each, tag in _UID_TAGS.items():
-            if each in levels:
-                uid_key = f"{tag:08X}"
-                uid = {A.STUDY: "study_uid", A.SERIES: "series_uid", A.IMAGE: "sop_uid"}[each]
-                stored[uid_key] = {"vr": "UI", "Value": [getattr(row, uid)]}
-        if query.include_all:
-            keys = [int(k, 16) for k in stored]
-            tags = list(dict.fromkeys([*ordered, *sorted(keys)]))
-        else:
-            tags = list(ordered)
-        for each, tag in _UID_TAGS.items():
-            if each in levels and tag not in tags:
-                tags.append(tag)
-        ds = Dataset()
-        for tag in tags:
-            obj = stored.get(f"{tag:08X}")
-            if obj is not None:
-                ds.add(element_from_json(tag, obj))
-        for tag, value in computed.get(int(row.id), {}).items():
-            ds.add(_computed_element(tag, value))
-        if A.INSTANCE_AVAILABILITY in tags and level != A.PATIENT:
+        for key, at in uid_positions:
+            stored[key] = {"vr": "UI", "Value": [row[at]]}
+        out: JsonObject = {}
+        keys = stored if query.include_all else wanted_keys
+        for key in keys:
+            element = stored.get(key)
+            if element is not None:
+                out[key] = element
+        for key, tag, at in computed_positions:
+            out[key] = _computed(tag, row[at])
+        for tag, value in extra.get(int(row.id), {}).items():
+            out[f"{tag:08X}"] = _computed(tag, value)
+        if availability:
             # PS3.3 C.4.23.1.1: NEARLINE = retrievable after a delay (the cold tier).
-            cold = row.tier == "cold" if level == A.IMAGE else int(row.id) in nearline
-            ds.add(DataElement(A.INSTANCE_AVAILABILITY, "CS", "NEARLINE" if cold else "ONLINE"))
-        for tag in forced:
-            if tag not in ds and tag not in _NOT_RENDERED:
-                empty = _empty_element(tag)
-                if empty is not None:
-                    ds.add(empty)
-        results.append(ds)
+            if level == A.IMAGE and tier_position is not None:
+                cold = row[tier_position] == "cold"
+            else:
+                cold = nearline_position is not None and bool(row[nearline_position])
+            out[availability_key] = {"vr": "CS", "Value": ["NEARLINE" if cold else "ONLINE"]}
+        for key, empty in empties.items():
+            if key not in out:
+                out[key] = empty
+        # DICOM JSON objects list attributes in ascending tag order (as pydicom writes them);
+        # 8 upper-case hex digits sort as the tags do.
+        results.append(dict(sorted(out.items())))
     return results

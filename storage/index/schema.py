@@ -23,6 +23,8 @@ from sqlalchemy import (
     Table,
     Text,
     UniqueConstraint,
+    func,
+    literal_column,
 )
 
 metadata = MetaData()
@@ -47,6 +49,12 @@ patients = Table(
     UniqueConstraint("patient_id", "issuer_of_patient_id", name="uq_patients_identity"),
 )
 Index("ix_patients_name_norm", patients.c.patient_name_norm)
+# Prefix wildcards on the PATIENT level (C-FIND Patient Root), like the studies' (0003, 0004).
+Index(
+    "ix_patients_name_pattern",
+    patients.c.patient_name_norm,
+    postgresql_ops={"patient_name_norm": "text_pattern_ops"},
+)
 
 studies = Table(
     "studies",
@@ -87,6 +95,14 @@ Index(
     studies.c.patient_name_norm,
     postgresql_ops={"patient_name_norm": "text_pattern_ops"},
 )
+# The default study order (storage.index.compile._order), expression for expression: a study
+# list walks this index and stops after one page instead of sorting every match (0004).
+Index(
+    "ix_studies_list_order",
+    func.coalesce(studies.c.study_date, literal_column("''")).desc(),
+    func.coalesce(studies.c.study_time, literal_column("''")).desc(),
+    studies.c.study_uid,
+)
 Index(
     "ix_studies_accession_pattern",
     studies.c.accession_number,
@@ -113,6 +129,8 @@ series = Table(
 Index("ix_series_study_pk", series.c.study_pk)
 Index("ix_series_modality", series.c.modality)
 Index("ix_series_pps_start", series.c.pps_start_date, series.c.pps_start_time)
+# ModalitiesInStudy of a page's studies and matching on it, from the index alone (0004).
+Index("ix_series_study_modality", series.c.study_pk, series.c.modality)
 
 # One row per item of a series' RequestAttributesSequence (0040,0275): sequence matching
 # (PS3.4 C.2.2.2.6) needs one item to match every sub-key.
@@ -156,6 +174,10 @@ instances = Table(
 Index("ix_instances_series_pk_number", instances.c.series_pk, instances.c.instance_number)
 Index("ix_instances_sop_class", instances.c.sop_class_uid)
 Index("ix_instances_blob_key", instances.c.blob_key)
+# InstanceAvailability: does a study / series have an instance on the cold tier (0004).
+# Partial, so it holds only the cold instances; the literal lets PostgreSQL prove it applies.
+_COLD = instances.c.tier == literal_column("'cold'")
+Index("ix_instances_cold", instances.c.series_pk, postgresql_where=_COLD, sqlite_where=_COLD)
 
 # Modality Worklist items (PS3.4 K.6), maintained by the dimse/HL7 side; flattened on the
 # first Scheduled Procedure Step item for matching, the full item kept as DICOM JSON.

@@ -23,6 +23,8 @@ EXPECTED_CASES = {
     "ModalitiesInStudy=CT",
     "PatientID exact",
     "AccessionNumber exact",
+    "StudyDate one year + ModalitiesInStudy=MR",
+    "study list page 51 (offset 5050)",
 }
 
 
@@ -47,7 +49,8 @@ def test_pg_scale_small_run_reports_every_query(tmp_path: Path) -> None:
         check=False,
     )
     assert run.returncode == 0, run.stdout + run.stderr
-    assert "| query | path | min ms | p50 ms | p95 ms | matches | vs 50 ms p95 |" in run.stdout
+    header = "| query | path | min ms | p50 ms | p95 ms | CPU ms/query | matches | vs 50 ms p95 |"
+    assert header in run.stdout
 
     results = json.loads(out.read_text())
     # 2,000 instances = 20 studies x 4 series x 25 instances, 10 patients.
@@ -58,7 +61,7 @@ def test_pg_scale_small_run_reports_every_query(tmp_path: Path) -> None:
         "instances": 2000,
         "fill_seconds": results["counts"]["fill_seconds"],
     }
-    for path in ("match_sql", "in_process", "http"):
+    for path in ("match_sql", "page_sql", "in_process", "http"):
         timings = results[path]
         assert set(timings) == EXPECTED_CASES
         for case, s in timings.items():
@@ -71,6 +74,8 @@ def test_pg_scale_small_run_reports_every_query(tmp_path: Path) -> None:
         assert timings["PatientID exact"]["matches"] >= 1
         assert timings["AccessionNumber exact"]["matches"] == 1
         assert timings["StudyDate one month"]["matches"] <= 20
+        assert timings["study list page 51 (offset 5050)"]["matches"] == 0  # past the end
+        assert s["cpu_ms"] >= 0
     assert set(results["explain"]) <= EXPECTED_CASES
     for plan in results["explain"].values():
         assert "Execution Time" in plan

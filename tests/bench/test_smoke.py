@@ -10,10 +10,7 @@ the throughput figures rely on, checked against a body whose delimiters straddle
 from __future__ import annotations
 
 import http.server
-import json
 import shutil
-import subprocess
-import sys
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -21,43 +18,28 @@ from pathlib import Path
 import pytest
 
 from bench import client
-from tests.conftest import ROOT
+from tests.bench.runner import run_bench
 
 HTTP_FIGURES = ("stow", "wado_native", "wado_j2k_cold", "frames6", "study_metadata", "qido")
 
 
 def test_harness_tiny_run_measures_every_http_figure(tmp_path: Path) -> None:
     servers = "arca,orthanc" if shutil.which("Orthanc") else "arca"
-    done = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "bench.run",
-            "--quick",
-            "--instances",
-            "5",
-            "--repeat",
-            "1",
-            "--metadata-instances",
-            "10",
-            "--servers",
-            servers,
-            "--only",
-            "stow,cstore,wado,frames,metadata,qido",
-            "--out",
-            str(tmp_path / "results"),
-            "--work",
-            str(tmp_path / "work"),
-        ],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
+    result, latest = run_bench(
+        tmp_path,
+        "--quick",
+        "--instances",
+        "5",
+        "--repeat",
+        "1",
+        "--metadata-instances",
+        "10",
+        "--servers",
+        servers,
+        "--only",
+        "stow,cstore,wado,frames,metadata,qido",
         timeout=120,
-        check=False,
     )
-    assert done.returncode == 0, done.stderr[-3000:]
-    latest = tmp_path / "results" / "latest"
-    result = json.loads((latest / "results.json").read_text())
     figures = result["figures"]
     for key in HTTP_FIGURES:
         arca = figures[key]["servers"]["arca"]

@@ -217,3 +217,50 @@ def test_odd_queries_never_fail_the_server(dw: DicomwebServer, params: dict[str,
                 assert body["status"] == 400 and body["error"]
             else:
                 assert isinstance(body, list)
+
+
+def test_study_list_as_ohif_asks_json_and_xml(dw: DicomwebServer, study: list[Instance]) -> None:
+    """A viewer's study list (PS3.18 §10.6.3): newest study first, its computed attributes
+    (counts, ModalitiesInStudy, InstanceAvailability), included attributes even when empty,
+    RetrieveURL; the next page holds only the next study, with its own counts."""
+    a, _, _, d = study
+    params = [
+        ("PatientID", a.ds.PatientID),
+        ("limit", "1"),
+        ("offset", "0"),
+        ("includefield", "00081030,00080060"),
+    ]
+    with dw.http() as http:
+        [first] = http.get("/studies", params=params).json()
+        [second] = http.get("/studies", params=[*params[:2], ("offset", "1"), *params[3:]]).json()
+        xml = http.get(
+            "/studies",
+            params=params,
+            headers={"Accept": 'multipart/related; type="application/dicom+xml"'},
+        )
+    assert first["0020000D"] == {"vr": "UI", "Value": [a.study]}
+    assert first["00201206"] == {"vr": "IS", "Value": [2]}
+    assert first["00201208"] == {"vr": "IS", "Value": [3]}
+    assert first["00080061"] == {"vr": "CS", "Value": ["CT", "MR"]}
+    assert first["00080056"] == {"vr": "CS", "Value": ["ONLINE"]}
+    assert first["00080060"] == {"vr": "CS"}  # asked for, no value at the study level
+    assert first["00100020"] == {"vr": "LO", "Value": [a.ds.PatientID]}
+    assert first["00100010"] == {"vr": "PN", "Value": [{"Alphabetic": "Quiddo^Alice"}]}
+    assert first["00080020"] == {"vr": "DA", "Value": ["20240115"]}
+    assert first["00081190"]["Value"][0] == f"{dw.url}/studies/{a.study}"
+    tags = [t for t in first if t != "00081190"]
+    assert tags == sorted(tags)
+    assert second["0020000D"]["Value"] == [d.study]
+    assert (second["00201206"], second["00201208"]) == (
+        {"vr": "IS", "Value": [1]},
+        {"vr": "IS", "Value": [1]},
+    )
+    assert second["00080061"] == {"vr": "CS", "Value": ["CT"]}
+    # The XML of the same page (PS3.19 A.1) carries the same computed attributes.
+    assert xml.status_code == 200 and xml.content.count(b"<NativeDicomModel") == 1
+    for fragment in (
+        b'tag="00201208" vr="IS" keyword="NumberOfStudyRelatedInstances"><Value number="1">3<',
+        b'keyword="ModalitiesInStudy"><Value number="1">CT</Value><Value number="2">MR<',
+        b'keyword="InstanceAvailability"><Value number="1">ONLINE<',
+    ):
+        assert fragment in xml.content, xml.content

@@ -155,9 +155,13 @@ def test_wrong_content_type_is_415(dw: DicomwebServer) -> None:
 def test_malformed_multipart_is_400_and_stores_nothing(dw: DicomwebServer) -> None:
     pid = unique_patient()
     inst = make_instance(CT, patient_id=pid)
+    other = make_instance(CT, patient_id=pid)
     cases = {
         "no closing": body_of(inst.data)[: -len(f"--{BOUNDARY}--\r\n")],
         "no boundary delimiter": inst.data,
+        # The first part is complete (and prepared while the rest arrives); the body then
+        # ends inside the second: still nothing is stored.
+        "ends inside a part": body_of(inst.data, other.data)[: -len(f"\r\n--{BOUNDARY}--\r\n")],
     }
     for reason, data in cases.items():
         r = post(dw, data)

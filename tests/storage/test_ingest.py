@@ -337,7 +337,7 @@ async def test_concurrent_same_instance_is_stored_once(archive: Archive, tmp_pat
 
 
 class _NoSpaceStore:
-    """The real hot store, but ``put_file`` fails as a full disk does.
+    """The real hot store, but ``put_file`` and ``adopt_files`` fail as a full disk does.
 
     INJECTED failure: the OSError(ENOSPC) is raised by this wrapper, not by a real full
     filesystem (no small tmpfs is available to the tests). What is tested is the archive's
@@ -355,6 +355,14 @@ class _NoSpaceStore:
         from storage.hot import translate_os_error
 
         raise translate_os_error(OSError(self._code, "injected"), f"storing blob {key}")
+
+    async def adopt_files(self, items: list[tuple[str, Path]]) -> list[object]:
+        from storage.hot import translate_os_error
+
+        return [
+            translate_os_error(OSError(self._code, "injected"), f"storing blob {key}")
+            for key, _ in items
+        ]
 
 
 @pytest.mark.parametrize("code", [errno.ENOSPC, errno.EDQUOT])
@@ -519,10 +527,10 @@ async def test_index_failure_after_blob_write_leaves_nothing(
     from storage.errors import StoreUnavailable
     from storage.index import repository
 
-    async def broken(*_args: object, **_kwargs: object) -> bool:
+    def broken(*_args: object, **_kwargs: object) -> dict[str, object]:
         raise StoreUnavailable("injected: database went away")
 
-    monkeypatch.setattr(repository, "insert_instance", broken)
+    monkeypatch.setattr(repository, "_instance_values", broken)
     ds = make_dataset()
     with pytest.raises(StoreUnavailable):
         await archive.ingest(write(ds, tmp_path))
@@ -542,10 +550,10 @@ async def test_series_deleted_under_a_concurrent_ingest_is_recreated(
     real = repository._series_pk
     calls = 0
 
-    async def stale_then_real(conn, analysis):  # type: ignore[no-untyped-def]
+    def stale_then_real(conn, analysis, cache):  # type: ignore[no-untyped-def]
         nonlocal calls
         calls += 1
-        return 987_654 if calls == 1 else await real(conn, analysis)
+        return 987_654 if calls == 1 else real(conn, analysis, cache)
 
     monkeypatch.setattr(repository, "_series_pk", stale_then_real)
     ds = make_dataset()

@@ -40,6 +40,18 @@ def _after(obj: Any, name: str, calls: int) -> None:
     setattr(obj, name, wrapped)
 
 
+def _partway(obj: Any, name: str, keep: int) -> None:
+    """Kill the process after a bulk ``obj.name(keys)`` handled only its first ``keep``
+    keys (an S3 DeleteObjects is per key, not atomic: a crash can land in the middle)."""
+    original = getattr(obj, name)
+
+    async def wrapped(keys: list[str], *args: Any, **kwargs: Any) -> Any:
+        await original(keys[:keep], *args, **kwargs)
+        _die()
+
+    setattr(obj, name, wrapped)
+
+
 def _before(obj: Any, name: str) -> None:
     async def wrapped(*args: Any, **kwargs: Any) -> Any:
         _die()
@@ -58,7 +70,10 @@ async def main(settings: StorageSettings, study_uid: str, target: Tier, point: s
     elif point == "after_flip":  # the flip committed, no source copy deleted yet
         _after(tiers, "_flip", 1)
     elif point == "mid_delete":  # some source copies deleted
-        _after(tiers.hot if target is Tier.COLD else tiers.cold, "delete", 2)
+        if target is Tier.COLD:
+            _after(tiers.hot, "delete", 2)
+        else:  # cold copies go in bulk (S3 DeleteObjects)
+            _partway(tiers.cold, "delete_many", 2)
     else:
         raise SystemExit(f"unknown crash point {point}")
     await archive.migrate_study(study_uid, target)

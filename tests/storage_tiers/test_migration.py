@@ -118,7 +118,12 @@ async def test_corrupt_cold_blob_is_never_served(
     s3.put_object(Bucket=bucket, Key=key, Body=bytes(data))
 
     archive.tiers.cold_read_hook = None  # no recall: look at the read alone
-    reader = await archive.open_blob(bad)
+    # A cold blob of a few MB is fetched whole and checked when opened.
+    with pytest.raises(CorruptBlob):
+        await archive.open_blob(bad)
+    # The streaming reader (blobs over FETCH_WHOLE_BYTES) checks before its last byte.
+    assert archive.cold is not None
+    reader = await archive.cold.open(bad.blob_key, expected_sha256=bad.sha256)
     with pytest.raises(CorruptBlob):
         await reader.read_all()
     with pytest.raises(CorruptBlob):
@@ -199,7 +204,11 @@ async def test_store_down_cold_reads_fail_hot_reads_work_migration_resumes(
 
 
 async def _all_cold(archive: Archive, study_uid: str) -> bool:
-    return set((await tiers_of(archive, study_uid)).values()) == {Tier.COLD}
+    """Every row says cold and the hot copies are gone (the round deletes them after the
+    flip, so polling the rows alone races with the deletes)."""
+    if set((await tiers_of(archive, study_uid)).values()) != {Tier.COLD}:
+        return False
+    return set((await copies(archive, study_uid)).values()) == {(False, True)}
 
 
 async def _age_study(archive: Archive, study_uid: str, *, days: int) -> None:
@@ -281,28 +290,31 @@ async def test_a_complete_verified_cold_read_becomes_the_hot_copy(
     await reader.close()
     assert hashlib.sha256(streamed).hexdigest() == full.sha256
 
+    # A blob of a few MB is fetched whole and verified when opened: even a client that goes
+    # away after one chunk leaves a verified copy to keep.
     reader = await archive.open_blob(partial)
     async for _ in reader.iter_chunks(64 * 1024):
-        break  # the client went away: nothing to keep
+        break
     await reader.close()
 
     s3 = boto3.client("s3", endpoint_url=moto_s3.endpoint, region_name="us-east-1")
     s3.put_object(Bucket=bucket, Key=f"cold/{corrupt.blob_key}", Body=b"garbage")
-    reader = await archive.open_blob(corrupt)
     with pytest.raises(CorruptBlob):
-        await reader.read_all()
-    await reader.close()
+        await archive.open_blob(corrupt)
 
-    for _ in range(200):  # the kept copy is put hot and flipped in the background
-        if (await tiers_of(archive, study.study_uid))[full.sop_instance_uid] is Tier.HOT:
+    kept = {full.sop_instance_uid, partial.sop_instance_uid}
+    for _ in range(200):  # the kept copies are put hot and flipped in the background
+        placement = await copies(archive, study.study_uid)
+        if all(placement[uid] == (True, False) for uid in kept):
             break
         await asyncio.sleep(0.05)
     tiers = await tiers_of(archive, study.study_uid)
     assert tiers == {
         full.sop_instance_uid: Tier.HOT,
-        partial.sop_instance_uid: Tier.COLD,
+        partial.sop_instance_uid: Tier.HOT,
         corrupt.sop_instance_uid: Tier.COLD,
     }
-    assert (await copies(archive, study.study_uid))[full.sop_instance_uid] == (True, False)
+    placement = await copies(archive, study.study_uid)
+    assert all(placement[uid] == (True, False) for uid in kept)
     assert not await archive.hot.exists(corrupt.blob_key)
     assert not list((archive.settings.data_dir / "spool").glob("*.part"))

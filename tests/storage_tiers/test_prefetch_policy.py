@@ -71,22 +71,48 @@ async def test_metadata_request_prefetches_the_study(
     assert archive.prefetcher.stats.peak_transfers <= 2  # tier_settings: concurrency 2
 
 
-async def test_live_cold_read_throttles_prefetch_to_one_transfer(
+async def test_live_cold_read_of_another_study_throttles_prefetch_to_one_transfer(
     tiered_archive: Archive, tmp_path: Path
 ) -> None:
     archive = tiered_archive
     assert archive.tiers is not None
-    study = await ingest_series(archive, 6, tmp_path / "in")
+    viewed = await ingest_series(archive, 2, tmp_path / "viewed")
+    other = await ingest_series(archive, 6, tmp_path / "other")
+    for study in (viewed, other):
+        await archive.migrate_study(study.study_uid, Tier.COLD)
+    prefetcher = Prefetcher(archive.tiers, max_concurrency=4, max_bytes=10**9)
+    archive.tiers.cold_read_hook = None
+    live = prefetcher.track_live(
+        await archive.open_blob((await archive.locate(viewed.study_uid))[0]), viewed.study_uid
+    )
+    try:
+        prefetcher.request(other.study_uid)
+        await prefetcher.wait_idle(timeout=60)
+        assert prefetcher.stats.peak_transfers == 1
+    finally:
+        await live.close()
+        await prefetcher.close()
+
+
+async def test_live_cold_read_of_the_same_study_does_not_throttle_its_prefetch(
+    tiered_archive: Archive, tmp_path: Path
+) -> None:
+    """The viewer's own reads and the recall share their downloads, so the recall running
+    ahead at full concurrency is what the viewer wants."""
+    archive = tiered_archive
+    assert archive.tiers is not None
+    study = await ingest_series(archive, 12, tmp_path / "in")
     await archive.migrate_study(study.study_uid, Tier.COLD)
     prefetcher = Prefetcher(archive.tiers, max_concurrency=4, max_bytes=10**9)
     archive.tiers.cold_read_hook = None
     live = prefetcher.track_live(
-        await archive.open_blob((await archive.locate(study.study_uid))[0])
+        await archive.open_blob((await archive.locate(study.study_uid))[0]), study.study_uid
     )
     try:
         prefetcher.request(study.study_uid)
         await prefetcher.wait_idle(timeout=60)
-        assert prefetcher.stats.peak_transfers == 1
+        assert 1 < prefetcher.stats.peak_transfers <= 4
+        assert set((await tiers_of(archive, study.study_uid)).values()) == {Tier.HOT}
     finally:
         await live.close()
         await prefetcher.close()

@@ -1,0 +1,62 @@
+"""The loopback ceiling of a series retrieve: a server with nothing to do.
+
+It answers every GET with one prebuilt multipart/related body (the series' files, in memory)
+through ``socket.sendall``, so a figure measured with the same client against it is what this
+machine's loopback, kernel copies and client can carry at best. No archive can exceed it;
+the ratio of the archives' figures to it says how much room is left.
+"""
+
+from __future__ import annotations
+
+import socket
+import threading
+from collections.abc import Sequence
+from pathlib import Path
+
+BOUNDARY = b"bench-ceiling-boundary"
+
+
+class InMemorySeriesServer:
+    """A threaded HTTP/1.1 responder on a free loopback port; ``url`` serves the series."""
+
+    def __init__(self, paths: Sequence[Path]) -> None:
+        parts = [
+            b"--" + BOUNDARY + b"\r\nContent-Type: application/dicom\r\n\r\n" + p.read_bytes()
+            for p in paths
+        ]
+        body = b"\r\n".join(parts) + b"\r\n--" + BOUNDARY + b"--\r\n"
+        self._head = (
+            b"HTTP/1.1 200 OK\r\n"
+            b'Content-Type: multipart/related; type="application/dicom"; boundary='
+            + BOUNDARY
+            + b"\r\nContent-Length: "
+            + str(len(body)).encode()
+            + b"\r\n\r\n"
+        )
+        self._body = body
+        self._sock = socket.socket()
+        self._sock.bind(("127.0.0.1", 0))
+        self._sock.listen(8)
+        self.url = f"http://127.0.0.1:{self._sock.getsockname()[1]}/series"
+        threading.Thread(target=self._accept, name="bench-ceiling", daemon=True).start()
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                conn, _ = self._sock.accept()
+            except OSError:
+                return  # closed
+            threading.Thread(target=self._serve, args=(conn,), daemon=True).start()
+
+    def _serve(self, conn: socket.socket) -> None:
+        with conn, conn.makefile("rb") as reader:
+            while True:
+                if not reader.readline():
+                    return
+                while reader.readline() not in (b"\r\n", b""):
+                    pass  # the request's headers: every request gets the series
+                conn.sendall(self._head)
+                conn.sendall(self._body)
+
+    def close(self) -> None:
+        self._sock.close()
