@@ -73,6 +73,10 @@ OPTIONS: tuple[Option, ...] = (
            metavar="URL"),
     Option("s3_region", "storage.s3_region", "ARCA_S3_REGION", "--s3-region",
            "S3 region of the cold tier", metavar="REGION"),
+    Option("write_through", "storage.write_through", "ARCA_WRITE_THROUGH", "--write-through",
+           "store each new instance in the cold tier before acknowledging it and keep the hot "
+           "tier as this node's cache: for nodes that do not share --data; true or false "
+           "(default)", metavar="BOOL"),
     Option("overwrite_policy", "storage.overwrite_policy", "ARCA_OVERWRITE_POLICY",
            "--overwrite-policy",
            "same SOPInstanceUID with other bytes: reject (default) or replace",
@@ -192,6 +196,11 @@ def validate(settings: Settings) -> None:
     cold = settings.storage.cold_store
     if cold is not None and not (cold.startswith("s3://") and len(cold) > len("s3://")):
         raise ConfigError(f"storage.cold_store: {cold!r} is not of the form s3://BUCKET/PREFIX")
+    if settings.storage.write_through and cold is None:
+        raise ConfigError(
+            "storage.write_through needs a cold tier (storage.cold_store, --cold-store): "
+            "write-through stores every instance there"
+        )
     for name, number in (
         ("transcoding.workers", settings.transcoding.workers),
         ("transcoding.cache_bytes", settings.transcoding.cache_bytes),

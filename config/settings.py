@@ -90,10 +90,15 @@ class StorageSettings:
     s3_endpoint_url: str | None = None
     """For non-AWS S3-compatible stores (MinIO, Ceph RGW, moto)."""
     s3_region: str | None = None
+    write_through: bool = False
+    """Store every new instance in the cold tier, verified, before it is acknowledged, and
+    keep the hot tier as this node's cache of cold blobs (the index never names a node's
+    disk). For several nodes that do not share one ``data_dir``; needs ``cold_store``."""
     migrate_after_days: int = 30
     """Studies not accessed for this many days move to the cold tier."""
     hot_high_watermark_bytes: int | None = None
-    """When the hot tier holds more than this, the least recently used studies move cold."""
+    """When the hot tier holds more than this, the least recently used studies move cold
+    (with ``write_through``: their cached copies are dropped)."""
     prefetch_max_concurrency: int = 4
     prefetch_max_bytes: int = 2 * 1024**3
     prefetch_pretranscode: bool = True

@@ -30,7 +30,7 @@ Examples:
   arca db upgrade --index postgresql://arca@db.example.org/arca
 """
 
-STORAGE_OPTIONS = ("data", "index", "cold_store", "s3_endpoint_url", "s3_region")
+STORAGE_OPTIONS = ("data", "index", "cold_store", "s3_endpoint_url", "s3_region", "write_through")
 SERVE_OPTIONS = (
     "http_host",
     "http_port",

@@ -192,6 +192,8 @@ def run_verify(settings: Settings, study_uid: str | None) -> int:
         ):
             for uid in items:
                 out.write(f"  {label}: {uid}\n")
+        for uid in report.bad_cache:
+            out.write(f"  cached copy failed its SHA-256, removed (cold copy intact): {uid}\n")
         if report.orphans:
             out.write(
                 f"  {len(report.orphans)} orphan blobs (no index row names them; left by an "

@@ -59,6 +59,9 @@ class VerifyReport:
     """SOPInstanceUIDs whose blob fails its SHA-256."""
     orphans: list[str] = field(default_factory=list)
     """Blob keys no index row names (e.g. left by a crash between blob and commit)."""
+    bad_cache: list[str] = field(default_factory=list)
+    """Write-through: SOPInstanceUIDs whose cached hot copy failed its SHA-256 and was
+    removed (the cold copy, which the row names, is intact; the next read caches it again)."""
 
     @property
     def ok(self) -> bool:
@@ -205,7 +208,11 @@ class Archive:
         # Built per use: tests swap ``hot`` for a failing one.
         replace = self.settings.overwrite_policy is OverwritePolicy.REPLACE
         return IngestCommitter(
-            self.hot, self._ingest_index, replace=replace, delete_blob=self._delete_blob
+            self.hot,
+            self._ingest_index,
+            replace=replace,
+            delete_blob=self._delete_blob,
+            write_through=self.tiers if self.settings.write_through else None,
         )
 
     # -- ingest ---------------------------------------------------------------------------
@@ -244,6 +251,11 @@ class Archive:
     async def _delete_blob(self, tier: str, key: str) -> None:
         with contextlib.suppress(StorageError):
             await self._store_for(tier).delete(key)
+        if self.settings.write_through and tier == Tier.COLD.value:
+            # This node's cached copy too; other nodes drop theirs when they trim their
+            # caches (TierManager.evict_cache: files no row names).
+            with contextlib.suppress(StorageError):
+                await self.hot.delete(key)
 
     def _store_for(self, tier: str) -> BlobStore:
         if tier == Tier.HOT.value:
@@ -300,8 +312,12 @@ class Archive:
             ) from None
 
     def hot_path(self, location: InstanceLocation) -> Path | None:
-        if location.tier is not Tier.HOT or not isinstance(self.hot, HotFilesystemStore):
+        if not isinstance(self.hot, HotFilesystemStore):
             return None
+        if location.tier is not Tier.HOT and not self.settings.write_through:
+            return None
+        # With write-through a cold row's hot file is this node's cache: maybe absent, and
+        # then the caller opens the blob through the archive (which caches it).
         if self.tiers is not None:
             self.tiers.touch(location.study_uid)
         return self.hot.path_of(location.blob_key)
@@ -337,6 +353,7 @@ class Archive:
             named = set(await repository.all_blob_keys(conn)) if study_uid is None else None
         missing: list[str] = []
         corrupt: list[str] = []
+        bad_cache: list[str] = []
         for sop_uid, tier, key, sha256 in inventory:
             store = self._store_for(tier)
             if not await store.exists(key):
@@ -344,13 +361,22 @@ class Archive:
                 continue
             if await _sha256_of(store, key) != sha256:
                 corrupt.append(sop_uid)
+            elif (
+                self.settings.write_through
+                and tier == Tier.COLD.value
+                and await self.hot.exists(key)
+                and await _sha256_of(self.hot, key) != sha256
+            ):
+                # Reads serve a cached copy without hashing it: a bad one must go.
+                await self.hot.delete(key)
+                bad_cache.append(sop_uid)
         orphans: list[str] = []
         prefix = f"{study_uid}/" if study_uid is not None else ""
         known = named if named is not None else {key for _, _, key, _ in inventory}
         async for key in self.hot.iter_keys(prefix):
             if key not in known:
                 orphans.append(key)
-        return VerifyReport(len(inventory), missing, corrupt, orphans)
+        return VerifyReport(len(inventory), missing, corrupt, orphans, bad_cache)
 
     # -- tiers (storage.tiering) --------------------------------------------------------
 

@@ -9,10 +9,15 @@ committed together:
    written for either);
 2. the blobs are renamed into the hot tier and each folder is fsync'd once
    (:meth:`storage.hot.HotFilesystemStore.adopt_files`);
+   With write-through (several nodes, each with its own hot disk), each blob is then
+   uploaded to the cold tier and read back against its SHA-256 before it is indexed, and
+   its row names the cold copy: any node can read it, the hot file stays as this node's
+   cache;
 3. one index transaction for all of them, each instance on its own savepoint
    (:func:`storage.index.repository.index_instances`), so one refused instance leaves nothing
    behind while the others are stored (PS3.18 §10.5);
-4. blobs of instances that ended up not indexed are removed again (unless a row names them).
+4. blobs of instances that ended up not indexed are removed again (unless a row names them),
+   from both tiers.
 
 An instance is visible to queries only once its blob and its row are durable, as before; the
 answer (STOW response, C-STORE-RSP) goes out after step 3 commits.
@@ -30,7 +35,7 @@ from sqlalchemy.engine import Connection
 
 from conformance.statuses import StowFailure
 from storage.blobs import BlobStore
-from storage.errors import DuplicateInstance, StorageError, StoreUnavailable
+from storage.errors import CorruptBlob, DuplicateInstance, StorageError, StoreUnavailable
 from storage.index import repository
 from storage.index.engine import IndexConflict, IngestIndex
 from storage.ingest import Analysis
@@ -38,6 +43,18 @@ from storage.model import IngestOutcome, IngestStatus, Tier
 
 CommitResult = IngestOutcome | StorageError
 """Per instance: what was stored, or why it was not."""
+
+
+class WriteThrough(Protocol):
+    """The cold tier as ingest writes through to it (storage.tiering.TierManager)."""
+
+    async def put_cold_verified(self, key: str, sha256: str) -> None: ...
+
+    async def delete_cold(self, keys: list[str]) -> None: ...
+
+
+WRITE_THROUGH_CONCURRENCY = 8
+"""Uploads to the cold tier in flight per commit (S3 PUTs are latency-bound)."""
 
 
 class AdoptingStore(Protocol):
@@ -76,12 +93,16 @@ class IngestCommitter:
         *,
         replace: bool,
         delete_blob: Callable[[str, str], Awaitable[None]],
+        write_through: WriteThrough | None = None,
     ) -> None:
         self.hot = hot
         self.index = index
         self.replace = replace
         self.delete_blob = delete_blob
         """Removes a replaced instance's old blob from its tier (errors suppressed)."""
+        self.write_through = write_through
+        self.tier = Tier.HOT if write_through is None else Tier.COLD
+        """The tier new rows name."""
 
     async def commit(self, analyses: Sequence[Analysis]) -> list[CommitResult]:
         results: list[CommitResult | None] = [None] * len(analyses)
@@ -109,6 +130,15 @@ class IngestCommitter:
                 placed.append(i)
             else:
                 results[i] = error
+        if self.write_through is not None and placed:
+            uploaded = await self._upload([analyses[i] for i in placed])
+            not_uploaded = [i for i, error in zip(placed, uploaded, strict=True) if error]
+            for i, error in zip(placed, uploaded, strict=True):
+                if error is not None:
+                    results[i] = error
+            placed = [i for i in placed if i not in set(not_uploaded)]
+            if not_uploaded:
+                await self._forget([analyses[i].blob_key for i in not_uploaded])
         # A fixed order of the rows each transaction locks: two processes storing the same
         # study on one PostgreSQL then wait for each other instead of deadlocking.
         placed.sort(key=lambda i: (analyses[i].study_uid, analyses[i].series_uid, uids[i]))
@@ -160,7 +190,7 @@ class IngestCommitter:
             return await self.index.run(self._index_batch(batch))
 
     def _index_batch(self, batch: list[Analysis]) -> _IndexBatch:
-        return _IndexBatch(batch, self.replace)
+        return _IndexBatch(batch, self.replace, self.tier)
 
     async def _place(self, batch: list[Analysis]) -> list[StorageError | None]:
         if not batch:
@@ -180,28 +210,51 @@ class IngestCommitter:
                 errors.append(None)
         return errors
 
+    async def _upload(self, batch: list[Analysis]) -> list[StorageError | None]:
+        """Write-through: each placed blob to the cold tier, verified (see the docstring)."""
+        assert self.write_through is not None
+        cold = self.write_through
+        gate = asyncio.Semaphore(WRITE_THROUGH_CONCURRENCY)
+
+        async def one(analysis: Analysis) -> StorageError | None:
+            async with gate:
+                try:
+                    await cold.put_cold_verified(analysis.blob_key, analysis.sha256)
+                except CorruptBlob as exc:
+                    return StoreUnavailable(f"the cold tier did not keep the bytes sent: {exc}")
+                except StorageError as exc:
+                    return exc
+            return None
+
+        return list(await asyncio.gather(*(one(a) for a in batch)))
+
     async def _forget(self, keys: list[str]) -> None:
         """Remove blobs we placed but did not index, unless some index row names them."""
         with contextlib.suppress(StorageError):  # if this fails, verify reports the orphans
             named = await self.index.run(
                 lambda conn: repository.named_blobs(conn, keys), write=False
             )
-            for key in keys:
-                if key not in named:
-                    await self.hot.delete(key)
+            unnamed = [key for key in keys if key not in named]
+            for key in unnamed:
+                await self.hot.delete(key)
+            if self.write_through is not None and unnamed:
+                # (A cold copy left by a crash right here is a cold orphan: the tier sweep
+                # removes it once it is older than its grace period.)
+                await self.write_through.delete_cold(unnamed)
 
 
 class _IndexBatch:
     """The index transaction of one commit (a callable of a synchronous Connection)."""
 
-    def __init__(self, batch: list[Analysis], replace: bool) -> None:
+    def __init__(self, batch: list[Analysis], replace: bool, tier: Tier) -> None:
         self.batch = batch
         self.replace = replace
+        self.tier = tier
 
     def __call__(self, conn: Connection) -> list[repository.Indexed | StorageError]:
         if not self.batch:
             return []
-        return repository.index_instances(conn, self.batch, Tier.HOT, replace=self.replace)
+        return repository.index_instances(conn, self.batch, self.tier, replace=self.replace)
 
 
 def _path_of(analysis: Analysis) -> Path:

@@ -199,8 +199,8 @@ class Prefetcher:
     async def _warm(self, study_uid: str, budget: int | None) -> None:
         """Ask the kernel to read the study's hot files into the page cache."""
         for key, size, tier in await self.tiers.study_blobs(study_uid):
-            if tier is not Tier.HOT:
-                continue
+            if tier is not Tier.HOT and not self.tiers.write_through:
+                continue  # (with write-through, cold rows' hot copies are this node's cache)
             if budget is not None:
                 if size > budget:
                     break

@@ -39,6 +39,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import functools
 import hashlib
 import itertools
@@ -114,21 +115,32 @@ class TierStatus:
     cold: TierUsage
     cold_store: str | None
     """``s3://BUCKET/PREFIX`` or None when no cold tier is configured."""
+    cache: TierUsage | None = None
+    """Write-through: the files of this node's hot tier (cached copies of cold rows)."""
 
     def as_dict(self) -> dict[str, Any]:
-        return {
+        out: dict[str, Any] = {
             "hot": {"instances": self.hot.instances, "bytes": self.hot.bytes},
             "cold": {"instances": self.cold.instances, "bytes": self.cold.bytes},
             "cold_store": self.cold_store,
         }
+        if self.cache is not None:
+            out["cache"] = {"files": self.cache.instances, "bytes": self.cache.bytes}
+        return out
 
     def describe(self) -> str:
         """The lines ``arca tier status`` prints."""
         cold_where = self.cold_store or "not configured"
-        return (
+        lines = (
             f"hot:  {self.hot.instances} instances, {self.hot.bytes} bytes\n"
             f"cold: {self.cold.instances} instances, {self.cold.bytes} bytes ({cold_where})\n"
         )
+        if self.cache is not None:
+            lines += (
+                f"this node's hot tier (write-through cache and hot rows): "
+                f"{self.cache.instances} files, {self.cache.bytes} bytes\n"
+            )
+        return lines
 
 
 async def tier_status(conn: AsyncConnection, cold_store: str | None) -> TierStatus:
@@ -191,6 +203,30 @@ class SweepReport:
     spool_files_removed: int = 0
 
 
+@dataclass(frozen=True)
+class EvictionReport:
+    """What :meth:`TierManager.evict_cache` removed."""
+
+    copies_removed: int = 0
+    bytes_freed: int = 0
+    stale_removed: int = 0
+
+
+@dataclass(frozen=True)
+class _CachedStudy:
+    """A study's folder on this node's hot tier."""
+
+    study_uid: str
+    files: list[tuple[str, int, float]]
+    """(blob key, size, mtime) of every file."""
+    accessed: float
+    """Last local access: the newest mtime of the folder tree (reads touch the folder)."""
+
+    @property
+    def bytes(self) -> int:
+        return sum(size for _, size, _ in self.files)
+
+
 @dataclass
 class _StudyLock:
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)
@@ -250,6 +286,8 @@ class TierManager:
         self.hot = hot
         self.cold = cold
         self.spool_dir = spool_dir
+        self.write_through = settings.write_through
+        """Rows name the cold copy from ingest on; the hot tier is this node's cache of it."""
         self._read = read_engine
         self._write = write_engine
         self._default_limiter = _Semaphore(max(1, transfer_concurrency))
@@ -271,7 +309,12 @@ class TierManager:
 
     async def status(self) -> TierStatus:
         async with self._db(self._read) as conn:
-            return await tier_status(conn, str(self.cold.location))
+            status = await tier_status(conn, str(self.cold.location))
+        if not self.write_through:
+            return status
+        local = await asyncio.to_thread(_cached_studies, self.hot.root)
+        files = sum(len(s.files) for s in local)
+        return dataclasses.replace(status, cache=TierUsage(files, sum(s.bytes for s in local)))
 
     # -- reads ------------------------------------------------------------------------------
 
@@ -313,7 +356,8 @@ class TierManager:
             # these very bytes become the hot copy: the recall does not download them again.
             data = await self.fetch_cold(location.blob_key, location.sha256, keep=recall)
             reader = VerifiedBytesReader(data)
-            if recall:
+            if recall and not self.write_through:
+                # (With write-through the kept copy is this node's cache: the row stays cold.)
                 self._spawn(self._flip_kept(location))
         else:
             reader = await self.cold.open(location.blob_key, expected_sha256=location.sha256)
@@ -445,6 +489,8 @@ class TierManager:
     async def _keep(self, location: InstanceLocation, spooled: Path) -> None:
         if not await self.hot.exists(location.blob_key):
             await self.hot.put_file(location.blob_key, spooled)
+        if self.write_through:
+            return  # a cached copy: the row keeps naming the cold copy
         async with self._db(self._read) as conn:
             found = (
                 await conn.execute(
@@ -476,6 +522,11 @@ class TierManager:
         self._spawn(self._touch(study_uid))
 
     async def _touch(self, study_uid: str) -> None:
+        if self.write_through:
+            # This node's own record of use, for its cache eviction (the index's
+            # last_access_at is shared by every node).
+            with contextlib.suppress(OSError):
+                await asyncio.to_thread(os.utime, self.hot.root / study_uid)
         try:
             async with self._db(self._write, begin=True) as conn:
                 await conn.execute(
@@ -544,6 +595,9 @@ class TierManager:
             todo = budgeted
         deferred = len(rows) - already - len(todo)
         copy = self._copy_to_cold if target is Tier.COLD else self._copy_to_hot
+        # With write-through, bringing a study "hot" fills this node's cache: other nodes
+        # read the same rows, so they keep naming the cold copy.
+        cache_only = self.write_through and target is Tier.HOT
         gate = limiter or self._default_limiter
         moved: list[_Row] = []
         failed: list[str] = []
@@ -565,6 +619,9 @@ class TierManager:
             for start in range(0, len(copies), _BATCH):
                 batch = copies[start : start + _BATCH]
                 copied = [r for r in await asyncio.gather(*batch) if r is not None]
+                if cache_only:
+                    moved += copied
+                    continue
                 flipped = await self._flip(copied, target)
                 await self._delete_sources(flipped, target)
                 moved += flipped
@@ -584,12 +641,21 @@ class TierManager:
         )
 
     async def _copy_to_cold(self, row: _Row) -> None:
-        await self.cold.put_file(row.blob_key, self.hot.path_of(row.blob_key))
-        # Read the copy back: only bytes that hash to the ingest SHA-256 may replace the hot
-        # copy. A bad hot copy is caught here too (then nothing moves).
-        if await self.cold.sha256(row.blob_key) != row.sha256:
-            await self.cold.delete(row.blob_key)
-            raise CorruptBlob(f"cold copy of {row.blob_key} does not match its SHA-256")
+        await self.put_cold_verified(row.blob_key, row.sha256)
+
+    async def delete_cold(self, keys: list[str]) -> None:
+        """Remove cold copies no row names (write-through uploads that were not indexed)."""
+        await self.cold.delete_many(keys)
+
+    async def put_cold_verified(self, key: str, sha256: str) -> None:
+        """Upload the hot copy of ``key`` to the cold tier and read it back: only bytes that
+        hash to the ingest SHA-256 may stand for the instance (S3 ETags are not content
+        hashes for multipart uploads). A bad hot copy is caught here too. Raises CorruptBlob
+        (the cold copy is removed again), NotFound, StoreUnavailable."""
+        await self.cold.put_file(key, self.hot.path_of(key))
+        if await self.cold.sha256(key) != sha256:
+            await self.cold.delete(key)
+            raise CorruptBlob(f"cold copy of {key} does not match its SHA-256")
 
     async def _copy_to_hot(self, row: _Row) -> None:
         # Joins a fetch in flight before looking at the hot tier: looking first could miss a
@@ -707,14 +773,96 @@ class TierManager:
 
     async def run_policy(self, now: datetime | None = None) -> list[MigrationResult]:
         """One round of the placement policy. StoreUnavailable stops the round (and
-        propagates); what moved stays moved and the next round carries on."""
+        propagates); what moved stays moved and the next round carries on. With
+        write-through, the round then trims this node's cache (:meth:`evict_cache`)."""
         results: list[MigrationResult] = []
         for study_uid in await self.policy_candidates(now):
             try:
                 results.append(await self.migrate_study(study_uid, Tier.COLD))
             except NotFound:
                 continue  # deleted meanwhile
+        if self.write_through:
+            await self.evict_cache(now)
         return results
+
+    # -- the node-local cache (write-through) -----------------------------------------------
+
+    async def evict_cache(
+        self, now: datetime | None = None, *, grace_seconds: float = 900.0
+    ) -> EvictionReport:
+        """Drop cached hot copies of cold rows: whole studies this node has not read for
+        ``migrate_after_days``, then the least recently read ones while the hot tier holds
+        more than ``hot_high_watermark_bytes`` (down to 90% of it). A copy is removed only
+        under a lock of its row that still names the cold tier, so a hot row's file (the
+        only copy of an instance stored before write-through was on) is never touched.
+        Files no row names, older than ``grace_seconds`` (caches of instances deleted or
+        replaced through another node), are removed too."""
+        moment = (now or _now()).timestamp()
+        local = await asyncio.to_thread(_cached_studies, self.hot.root)
+        keys = [key for study in local for key, _, _ in study.files]
+        tier_of: dict[str, tuple[int, str]] = {}
+        for start in range(0, len(keys), 500):
+            chunk = keys[start : start + 500]
+            async with self._db(self._read) as conn:
+                rows = (
+                    await conn.execute(
+                        select(instances.c.id, instances.c.blob_key, instances.c.tier).where(
+                            instances.c.blob_key.in_(chunk)
+                        )
+                    )
+                ).all()
+            tier_of.update({str(k): (int(i), str(t)) for i, k, t in rows})
+        stale = [
+            key
+            for study in local
+            for key, _, mtime in study.files
+            if key not in tier_of and mtime <= moment - grace_seconds
+        ]
+        for key in stale:
+            await self.hot.delete(key)
+        cutoff = moment - self.settings.migrate_after_days * 86400
+        chosen = [s for s in local if s.accessed < cutoff]
+        high = self.settings.hot_high_watermark_bytes
+        total = sum(s.bytes for s in local)
+        if high is not None and total > high:
+            goal = int(high * _LOW_WATERMARK)
+            total -= sum(s.bytes for s in chosen)
+            for study in sorted(local, key=lambda s: s.accessed):
+                if total <= goal:
+                    break
+                if study not in chosen:
+                    chosen.append(study)
+                    total -= study.bytes
+        removed = 0
+        freed = 0
+        for study in chosen:
+            if self.is_busy(study.study_uid):
+                continue  # being cached right now
+            cached = [
+                (tier_of[key][0], key, size)
+                for key, size, _ in study.files
+                if key in tier_of and tier_of[key][1] == Tier.COLD.value
+            ]
+            for start in range(0, len(cached), _BATCH):
+                batch = cached[start : start + _BATCH]
+                size_of = {key: size for _, key, size in batch}
+                async with self._db(self._write, begin=True) as conn:
+                    locked = await self._lock_rows(conn, [row_id for row_id, _, _ in batch])
+                    for _, tier, key in locked:
+                        if tier == Tier.COLD.value and key in size_of:
+                            await self.hot.delete(key)
+                            removed += 1
+                            freed += size_of[key]
+        if removed or stale:
+            log.info(
+                "cache eviction removed %d cached copies (%d bytes) of %d studies and %d stale "
+                "files",
+                removed,
+                freed,
+                len(chosen),
+                len(stale),
+            )
+        return EvictionReport(removed, freed, len(stale))
 
     # -- crash recovery ---------------------------------------------------------------------
 
@@ -747,8 +895,8 @@ class TierManager:
                 report.cold_copies_removed.append(key)
 
         for key, (row_id, tier) in tier_of.items():
-            if tier != Tier.COLD.value:
-                continue
+            if tier != Tier.COLD.value or self.write_through:
+                continue  # (with write-through, hot copies of cold rows are the cache)
             mtime = await asyncio.to_thread(_mtime, self.hot.path_of(key))
             if (
                 mtime is not None
@@ -889,6 +1037,30 @@ class _KeepingReader:
     def _spool_path(self) -> Path:
         self._tiers.spool_dir.mkdir(parents=True, exist_ok=True)
         return self._tiers.spool_dir / f"arca-cold-read-{os.urandom(8).hex()}.part"
+
+
+def _cached_studies(root: Path) -> list[_CachedStudy]:
+    """Every study folder of the hot tier with its files (keys relative to ``root``)."""
+    found: list[_CachedStudy] = []
+    if not root.is_dir():
+        return found
+    for entry in os.scandir(root):
+        if not entry.is_dir(follow_symlinks=False) or entry.name.startswith("."):
+            continue  # the hot tier's own temp folder
+        files: list[tuple[str, int, float]] = []
+        with contextlib.suppress(FileNotFoundError):
+            newest = entry.stat().st_mtime
+            for dirpath, _dirs, names in os.walk(entry.path):
+                with contextlib.suppress(FileNotFoundError):
+                    newest = max(newest, os.stat(dirpath).st_mtime)
+                for name in names:
+                    path = os.path.join(dirpath, name)
+                    with contextlib.suppress(FileNotFoundError):
+                        st = os.stat(path)
+                        files.append((os.path.relpath(path, root), st.st_size, st.st_mtime))
+                        newest = max(newest, st.st_mtime)
+            found.append(_CachedStudy(entry.name, files, newest))
+    return found
 
 
 def _write_file(path: Path, data: bytes) -> None:

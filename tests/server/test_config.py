@@ -132,6 +132,8 @@ may_retrieve = false
         ({"remote_ae": ["PACS=host:x"]}, "port 'x' is not a number"),
         ({"remote_ae": ["A=h:1", "A=h:2"]}, "AE title 'A' is listed more than once"),
         ({"cold_store": "bucket"}, "is not of the form s3://BUCKET/PREFIX"),
+        ({"write_through": "true"}, "storage.write_through needs a cold tier"),
+        ({"write_through": "often", "cold_store": "s3://b/p"}, "option --write-through"),
         ({"log_level": "loud"}, "log_level: 'loud' is not one of"),
         ({"overwrite_policy": "merge"}, "'merge' is not one of reject, replace"),
     ],

@@ -1,10 +1,13 @@
-"""Two ``arca serve`` nodes on one PostgreSQL index and one object store (moto S3).
+"""Two ``arca serve --write-through true`` nodes on one PostgreSQL index and one object store
+(moto S3).
 
 Each node has its own ``--data`` folder, so its hot tier is its own local disk; the index and the
-cold tier are shared. What one node stores the other finds (QIDO); it can read the bytes only
-once they are somewhere it can reach: the shared cold tier. Concurrent STOW-RS of one study
-through both nodes must leave one patient/study/series row each and every instance exactly once
-(the index's ``INSERT .. ON CONFLICT DO NOTHING`` on the unique UIDs, storage.index.repository).
+cold tier are shared. With write-through every instance is in the cold tier before its STOW is
+answered and the rows name that copy, so what one node stores the other finds (QIDO) and reads
+at once; each node's hot tier is its own cache, and reading never changes the shared rows.
+Concurrent STOW-RS of one study through both nodes must leave one patient/study/series row each
+and every instance exactly once (the index's ``INSERT .. ON CONFLICT DO NOTHING`` on the unique
+UIDs, storage.index.repository). The shared-volume deployment is test_multinode_shared_volume.
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from email.parser import BytesParser
 from email.policy import HTTP
+from pathlib import Path
 from typing import Any
 
 import asyncpg
@@ -28,9 +32,6 @@ import pytest
 from moto.server import ThreadedMotoServer
 from pydicom.uid import generate_uid
 
-from config.settings import StorageSettings
-from storage.archive import open_archive
-from storage.model import Tier
 from tests.conftest import ArcaProcess, _track
 from tests.data import multipart_related, small_ct, stow_content_type, uids_of
 from tests.pg import fresh_database
@@ -53,6 +54,16 @@ def pg_index() -> Iterator[str]:
         yield url
 
 
+def _s3(endpoint: str) -> Any:
+    return boto3.client(
+        "s3",
+        endpoint_url=endpoint,
+        region_name="us-east-1",
+        aws_access_key_id=S3_ENV["AWS_ACCESS_KEY_ID"],
+        aws_secret_access_key=S3_ENV["AWS_SECRET_ACCESS_KEY"],
+    )
+
+
 @pytest.fixture(scope="module")
 def s3_endpoint() -> Iterator[tuple[str, str]]:
     """(endpoint URL, bucket) of a moto S3 server on a free loopback port."""
@@ -61,13 +72,7 @@ def s3_endpoint() -> Iterator[tuple[str, str]]:
     try:
         endpoint = f"http://127.0.0.1:{server.get_host_and_port()[1]}"
         bucket = f"arca-multinode-{uuid.uuid4().hex[:8]}"
-        boto3.client(
-            "s3",
-            endpoint_url=endpoint,
-            region_name="us-east-1",
-            aws_access_key_id=S3_ENV["AWS_ACCESS_KEY_ID"],
-            aws_secret_access_key=S3_ENV["AWS_SECRET_ACCESS_KEY"],
-        ).create_bucket(Bucket=bucket)
+        _s3(endpoint).create_bucket(Bucket=bucket)
         yield endpoint, bucket
     finally:
         server.stop()
@@ -81,22 +86,21 @@ class Cluster:
     cold_store: str
     s3_endpoint: str
 
-    async def migrate_cold(self, node: ArcaProcess, study_uid: str) -> None:
-        """``arca tier migrate --study UID --to cold`` on ``node``'s storage (the Archive method:
-        this checkout has no ``arca tier`` subcommand yet)."""
-        settings = StorageSettings(
-            data_dir=node.data_dir,
-            index_url=self.index_url,
-            cold_store=self.cold_store,
-            s3_endpoint_url=self.s3_endpoint,
-            s3_region="us-east-1",
+    async def tiers_of(self, series_uid: str) -> list[str]:
+        rows = await _pg(
+            self.index_url,
+            "SELECT DISTINCT i.tier FROM instances i JOIN series s ON i.series_pk = s.id "
+            "WHERE s.series_uid = $1",
+            series_uid,
         )
-        archive = await open_archive(settings)
-        try:
-            result = await archive.migrate_study(study_uid, Tier.COLD)
-            assert result.failed == (), result.describe()
-        finally:
-            await archive.close()
+        return sorted(r["tier"] for r in rows)
+
+    def cold_keys(self, study_uid: str) -> list[str]:
+        bucket, prefix = self.cold_store[len("s3://") :].split("/", 1)
+        listed = _s3(self.s3_endpoint).list_objects_v2(
+            Bucket=bucket, Prefix=f"{prefix}/{study_uid}/"
+        )
+        return sorted(o["Key"] for o in listed.get("Contents", []))
 
 
 @pytest.fixture(scope="module")
@@ -114,6 +118,8 @@ def shared_cluster(
         endpoint,
         "--s3-region",
         "us-east-1",
+        "--write-through",
+        "true",
     )
     nodes = []
     for name in ("a", "b"):
@@ -210,9 +216,19 @@ def _study(n: int, patient_id: str) -> tuple[str, str, list[bytes]]:
 # -- tests -----------------------------------------------------------------------------------
 
 
-async def test_stored_on_a_found_on_b_and_retrieved_from_the_shared_cold_tier(
-    cluster: Cluster,
-) -> None:
+def _cached_files(node: ArcaProcess, study_uid: str) -> list[Path]:
+    return [f for f in (node.data_dir / "hot" / study_uid).rglob("*") if f.is_file()]
+
+
+def _retrieve(node: ArcaProcess, study_uid: str) -> dict[str, bytes]:
+    r = httpx.get(
+        f"{node.dicomweb_url}/studies/{study_uid}", headers={"Accept": ACCEPT_DICOM}, timeout=60
+    )
+    assert r.status_code == 200, r.text
+    return _instances_by_uid(_parts(r))
+
+
+async def test_stored_on_a_found_and_retrieved_on_b_at_once(cluster: Cluster) -> None:
     a, b = cluster.a, cluster.b
     study_uid, series_uid, parts = _study(3, f"MN{uuid.uuid4().hex[:8]}")
     stored = _stow(a, parts)
@@ -224,83 +240,49 @@ async def test_stored_on_a_found_on_b_and_retrieved_from_the_shared_cold_tier(
     assert _value(found[0], NUMBER_OF_STUDY_RELATED_INSTANCES) == 3
     assert len(_qido(b, f"/studies/{study_uid}/instances")) == 3
 
-    # The blobs are on A's local hot disk: A serves them, B cannot (see the xfail below).
-    from_a = httpx.get(f"{a.dicomweb_url}/studies/{study_uid}", headers={"Accept": ACCEPT_DICOM})
-    assert from_a.status_code == 200
-    assert _instances_by_uid(_parts(from_a)) == {uids_of(p)[2]: p for p in parts}
+    # Written through before the STOW was answered: the rows name the shared copies, and A
+    # keeps its own as a cache; B has none yet.
+    assert await cluster.tiers_of(series_uid) == ["cold"]
+    assert len(cluster.cold_keys(study_uid)) == 3
+    assert len(_cached_files(a, study_uid)) == 3
+    assert _cached_files(b, study_uid) == []
 
-    # Move the study to the shared object store from A's storage; then B retrieves it
-    # byte-identical from there.
-    await cluster.migrate_cold(a, study_uid)
-    tiers = await _pg(
-        cluster.index_url,
-        "SELECT DISTINCT i.tier FROM instances i JOIN series s ON i.series_pk = s.id "
-        "WHERE s.series_uid = $1",
-        series_uid,
-    )
-    assert [r["tier"] for r in tiers] == ["cold"]
-    from_b = httpx.get(
-        f"{b.dicomweb_url}/studies/{study_uid}", headers={"Accept": ACCEPT_DICOM}, timeout=60
-    )
-    assert from_b.status_code == 200, from_b.text
-    assert _instances_by_uid(_parts(from_b)) == {uids_of(p)[2]: p for p in parts}
+    expected = {uids_of(p)[2]: p for p in parts}
+    assert _retrieve(b, study_uid) == expected
+    assert _retrieve(a, study_uid) == expected
 
 
-def _require(condition: bool, what: str) -> None:
-    """A precondition of an xfail test: its failure is a real failure (pytest.fail is not an
-    AssertionError), so only the limitation under test can make the test xfail."""
-    if not condition:
-        pytest.fail(f"precondition failed: {what}")
-
-
-@pytest.mark.xfail(
-    strict=True,
-    raises=AssertionError,
-    reason="design limitation: the hot tier is each node's local disk and the index records "
-    "only tier=hot, not which node; a shared hot volume or write-through to cold would fix it",
-)
-async def test_b_retrieves_a_study_that_is_hot_on_a(cluster: Cluster) -> None:
-    study_uid, _, parts = _study(2, f"MN{uuid.uuid4().hex[:8]}")
-    _require(_stow(cluster.a, parts).status_code == 200, "STOW through A")
-    from_b = httpx.get(
-        f"{cluster.b.dicomweb_url}/studies/{study_uid}",
-        headers={"Accept": ACCEPT_DICOM},
-        timeout=30,
-    )
-    assert from_b.status_code == 200
-    assert _instances_by_uid(_parts(from_b)) == {uids_of(p)[2]: p for p in parts}
-
-
-@pytest.mark.xfail(
-    strict=True,
-    raises=AssertionError,
-    reason="design limitation: a cold read on B recalls the study to B's local hot disk and "
-    "flips the shared index rows to hot, so A (and any other node) can no longer read it",
-)
 async def test_a_still_retrieves_after_b_read_the_study_from_cold(cluster: Cluster) -> None:
     a, b = cluster.a, cluster.b
     study_uid, series_uid, parts = _study(2, f"MN{uuid.uuid4().hex[:8]}")
-    _require(_stow(a, parts).status_code == 200, "STOW through A")
-    await cluster.migrate_cold(a, study_uid)
-    url = f"/studies/{study_uid}"
-    from_b = httpx.get(b.dicomweb_url + url, headers={"Accept": ACCEPT_DICOM}, timeout=30)
-    _require(from_b.status_code == 200, "B retrieves the study from the cold tier")
-    # B's recall flips the rows to hot (on B's disk): wait for it, then A must still serve.
-    sql = (
-        "SELECT count(*) AS n FROM instances i JOIN series s ON i.series_pk = s.id "
-        "WHERE s.series_uid = $1 AND i.tier = 'hot'"
-    )
+    assert _stow(a, parts).status_code == 200
+    for cached in _cached_files(a, study_uid):
+        cached.unlink()  # as A's cache eviction would: A must now read the cold tier too
+    expected = {uids_of(p)[2]: p for p in parts}
+    assert _retrieve(b, study_uid) == expected
+    # B caches what it read (in the background) and leaves the shared rows as they are.
     for _ in range(300):
-        if (await _pg(cluster.index_url, sql, series_uid))[0]["n"] == len(parts):
+        if len(_cached_files(b, study_uid)) == len(parts):
             break
         await asyncio.sleep(0.1)
     else:
-        pytest.fail("B did not recall the study within 30 s")
-    on_a = a.data_dir / "hot" / study_uid
-    _require(not any(f.is_file() for f in on_a.rglob("*")), "A holds no hot copy of the study")
-    from_a = httpx.get(a.dicomweb_url + url, headers={"Accept": ACCEPT_DICOM}, timeout=30)
-    assert from_a.status_code == 200
-    assert _instances_by_uid(_parts(from_a)) == {uids_of(p)[2]: p for p in parts}
+        pytest.fail("B did not cache the study it read within 30 s")
+    assert await cluster.tiers_of(series_uid) == ["cold"]
+    assert _retrieve(a, study_uid) == expected
+    assert await cluster.tiers_of(series_uid) == ["cold"]
+    assert len(cluster.cold_keys(study_uid)) == len(parts)
+
+
+async def test_delete_through_a_is_gone_on_b(cluster: Cluster) -> None:
+    a, b = cluster.a, cluster.b
+    study_uid, _, parts = _study(2, f"MN{uuid.uuid4().hex[:8]}")
+    assert _stow(a, parts).status_code == 200
+    assert len(_retrieve(b, study_uid)) == 2  # B holds a cached copy now (or soon)
+    assert httpx.delete(f"{a.dicomweb_url}/studies/{study_uid}", timeout=30).status_code == 204
+    assert cluster.cold_keys(study_uid) == []
+    assert _cached_files(a, study_uid) == []
+    r = httpx.get(f"{b.dicomweb_url}/studies/{study_uid}", headers={"Accept": ACCEPT_DICOM})
+    assert r.status_code == 404
 
 
 async def test_concurrent_stow_of_one_study_through_both_nodes(cluster: Cluster) -> None:
