@@ -16,8 +16,8 @@ committed together:
 3. one index transaction for all of them, each instance on its own savepoint
    (:func:`storage.index.repository.index_instances`), so one refused instance leaves nothing
    behind while the others are stored (PS3.18 §10.5);
-4. blobs of instances that ended up not indexed are removed again (unless a row names them),
-   from both tiers.
+4. blobs of instances that ended up not indexed are removed again from the hot tier
+   (unless a row names them); cold copies are left to the tier sweep.
 
 An instance is visible to queries only once its blob and its row are durable, as before; the
 answer (STOW response, C-STORE-RSP) goes out after step 3 commits.
@@ -49,8 +49,6 @@ class WriteThrough(Protocol):
     """The cold tier as ingest writes through to it (storage.tiering.TierManager)."""
 
     async def put_cold_verified(self, key: str, sha256: str) -> None: ...
-
-    async def delete_cold(self, keys: list[str]) -> None: ...
 
 
 WRITE_THROUGH_CONCURRENCY = 8
@@ -234,13 +232,13 @@ class IngestCommitter:
             named = await self.index.run(
                 lambda conn: repository.named_blobs(conn, keys), write=False
             )
-            unnamed = [key for key in keys if key not in named]
-            for key in unnamed:
-                await self.hot.delete(key)
-            if self.write_through is not None and unnamed:
-                # (A cold copy left by a crash right here is a cold orphan: the tier sweep
-                # removes it once it is older than its grace period.)
-                await self.write_through.delete_cold(unnamed)
+            for key in keys:
+                if key not in named:
+                    await self.hot.delete(key)
+            # Cold copies written through are left to the tier sweep (cold objects no row
+            # names, once older than its grace period): another node may be committing a row
+            # for the very same key (same instance, same bytes) right now, and deleting the
+            # object here could remove what its row is about to name.
 
 
 class _IndexBatch:

@@ -643,10 +643,6 @@ class TierManager:
     async def _copy_to_cold(self, row: _Row) -> None:
         await self.put_cold_verified(row.blob_key, row.sha256)
 
-    async def delete_cold(self, keys: list[str]) -> None:
-        """Remove cold copies no row names (write-through uploads that were not indexed)."""
-        await self.cold.delete_many(keys)
-
     async def put_cold_verified(self, key: str, sha256: str) -> None:
         """Upload the hot copy of ``key`` to the cold tier and read it back: only bytes that
         hash to the ingest SHA-256 may stand for the instance (S3 ETags are not content
