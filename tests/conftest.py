@@ -94,7 +94,7 @@ class ArcaProcess:
     def storage_args(self) -> list[str]:
         """The options that make another ``arca`` command use this server's storage."""
         args = ["--data", str(self.data_dir)]
-        shared = ("--index", "--cold-store", "--s3-endpoint-url", "--s3-region")
+        shared = ("--index", "--cold-store", "--s3-endpoint-url", "--s3-region", "--write-through")
         for i, arg in enumerate(self.extra_args):
             if arg in shared:
                 args += [arg, self.extra_args[i + 1]]

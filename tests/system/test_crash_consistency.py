@@ -3,22 +3,28 @@
 ARCHITECTURE.md: "An instance is visible to queries only once both the blob and the index row
 are durable." This kills a real ``arca serve`` (SIGKILL, no shutdown handlers) while a 200
 instance STOW-RS request is being ingested, while another one is still uploading slowly and
-while single-instance STOWs commit, then restarts it on the same data folder.
+while single-instance STOWs commit, then restarts it on the same data folder. Once on the
+embedded default, once writing through to a cold tier (moto S3 in its own process), where an
+acknowledged instance must be in the object store and the kill may leave cold orphans only.
 """
 
 from __future__ import annotations
 
 import contextlib
+import os
 import threading
 import time
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
+import boto3
 import httpx
 import pytest
 
 from tests.conftest import ArcaProcess, StartArca
 from tests.data import Series, ct_series, small_ct, uids_of
+from tests.storage_tiers.conftest import moto_process
 from tests.system.http import (
     instance_uids,
     retrieve_instance,
@@ -28,6 +34,11 @@ from tests.system.http import (
 )
 
 pytestmark = pytest.mark.slow
+S3_ENV = {
+    "AWS_ACCESS_KEY_ID": os.environ.get("AWS_ACCESS_KEY_ID", "arca-test"),
+    "AWS_SECRET_ACCESS_KEY": os.environ.get("AWS_SECRET_ACCESS_KEY", "arca-test-secret"),
+    "AWS_DEFAULT_REGION": "us-east-1",
+}
 
 N_LARGE = 200
 PARTIAL_AT_LEAST = 10
@@ -62,12 +73,34 @@ def _assert_whole_or_absent(
     return found
 
 
+@pytest.fixture(params=["embedded", "write-through"])
+def storage_args(request: pytest.FixtureRequest) -> Iterator[tuple[str, ...]]:
+    if request.param == "embedded":
+        yield ()
+        return
+    with moto_process() as endpoint:
+        bucket = f"arca-crash-{uuid.uuid4().hex[:8]}"
+        boto3.client("s3", endpoint_url=endpoint, region_name="us-east-1").create_bucket(
+            Bucket=bucket
+        )
+        yield (
+            "--cold-store",
+            f"s3://{bucket}/cold",
+            "--s3-endpoint-url",
+            endpoint,
+            "--s3-region",
+            "us-east-1",
+            "--write-through",
+            "true",
+        )
+
+
 def test_sigkill_during_stow_leaves_every_instance_whole_or_absent(
-    start_arca: StartArca, tmp_path: Path
+    start_arca: StartArca, tmp_path: Path, storage_args: tuple[str, ...]
 ) -> None:
     large: Series = ct_series(N_LARGE, tmp_path / "large", prefix="large")
     slow: Series = ct_series(20, tmp_path / "slow", prefix="slow", series_number=2)
-    arca = start_arca()
+    arca = start_arca(*storage_args, env=S3_ENV if storage_args else None)
 
     large_result: dict[str, object] = {}
 
