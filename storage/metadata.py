@@ -24,6 +24,7 @@ from pydicom.dataelem import DataElement, RawDataElement
 from pydicom.dataset import Dataset
 
 from conformance.attributes import IMAGE, PATIENT, SERIES, SHARED_TAGS, STUDY, level_of_tag
+from storage.json_fast import FAST_VRS, render_raw
 
 BINARY_VRS = frozenset({"OB", "OD", "OF", "OL", "OV", "OW", "UN"})
 PIXEL_DATA_TAGS = frozenset({0x7FE0_0008, 0x7FE0_0009, 0x7FE0_0010})
@@ -67,6 +68,11 @@ most elements are rendered once per series instead of once per instance. Entries
 shared: never mutated. Elements whose rendering depends on other elements (an ambiguous or
 unknown VR, private tags read without a VR, bulk data) are never memoized."""
 
+SPECIFIC_CHARACTER_SET = 0x0008_0005
+_LUT_DESCRIPTOR_TAGS = frozenset({0x0028_1101, 0x0028_1102, 0x0028_1103, 0x0028_3002})
+"""pydicom adjusts their first value after conversion (pydicom.hooks.raw_element_value)."""
+_PLAIN_CHARSET_KEYS = frozenset({None, ("raw", b"ISO_IR 100"), ("raw", b"ISO_IR 192")})
+
 
 def _memo_key(
     tag: int, raw: RawDataElement, charset: Any, threshold: int
@@ -86,31 +92,68 @@ def _memo_key(
     return (tag, vr, raw.is_little_endian, raw.value, charset, threshold)
 
 
+def _charset_key(ds: Dataset, own: Any) -> Any:
+    """What identifies the character set ``ds`` declares in ``own``, its (0008,0005): the
+    raw bytes while unconverted, else pydicom's encodings."""
+    if isinstance(own, RawDataElement) and own.value is not None:
+        return ("raw", bytes(own.value).rstrip(b" \x00"))
+    encodings = ds._character_set
+    return tuple(encodings) if isinstance(encodings, list) else encodings
+
+
 def dataset_to_json(
     ds: Dataset, *, threshold: int, uri_prefix: str, path: tuple[str, ...] = ()
 ) -> JsonDict:
     """DICOM JSON of ``ds`` with BulkDataURIs ``uri_prefix + "/" + path``."""
+    bulk: list[JsonDict] = []
+    out = _render(ds, threshold, path, None, bulk)
+    for element in bulk:
+        element["BulkDataURI"] = f"{uri_prefix}/{element['BulkDataURI']}"
+    return out
+
+
+def _render(
+    ds: Dataset, threshold: int, path: tuple[str, ...], charset: Any, bulk: list[JsonDict]
+) -> JsonDict:
+    """:func:`dataset_to_json` without the URI prefix: each bulk data element's
+    ``BulkDataURI`` holds its path and is appended to ``bulk``. ``charset``: the key of the
+    character set inherited from the enclosing data set (None: the default repertoire).
+
+    Plain elements come from the memo, or from their bytes (storage.json_fast), or else
+    from pydicom's conversion; sequences recurse."""
     out: JsonDict = {}
-    charset: Any = None
-    for base_tag in sorted(ds.keys()):
-        tag = int(base_tag)
+    # Int keys: sorting and looking up pydicom's BaseTag keys runs Python-level comparisons.
+    elements: dict[int, Any] = dict(zip(map(int, ds._dict), ds._dict.values(), strict=True))
+    own = elements.get(SPECIFIC_CHARACTER_SET)
+    if own is not None:
+        charset = _charset_key(ds, own)
+    plain = charset in _PLAIN_CHARSET_KEYS
+    for tag in sorted(elements):
         if tag & 0xFFFF == 0 or tag >> 16 == 0x0002:
             continue  # group lengths (retired, PS3.5 §7.2) and File Meta are not data set content
         key = f"{tag:08X}"
-        item = ds.get_item(tag, keep_deferred=True)
+        item = elements[tag]
         memo_key = None
         if isinstance(item, RawDataElement):
             if item.value is None and item.length:
                 vr = _vr_of_raw(ds, item)
                 if vr in BINARY_VRS:
-                    out[key] = {"vr": vr, "BulkDataURI": f"{uri_prefix}/{'/'.join((*path, key))}"}
+                    bulk.append(entry := {"vr": vr, "BulkDataURI": "/".join((*path, key))})
+                    out[key] = entry
                     continue
-            if charset is None:
-                encodings = ds._character_set
-                charset = tuple(encodings) if isinstance(encodings, list) else encodings
             memo_key = _memo_key(tag, item, charset, threshold)
             if memo_key is not None:
                 known = _memo.get(memo_key)
+                value = item.value
+                if (
+                    known is None
+                    and value is not None
+                    and memo_key[1] in FAST_VRS
+                    and tag not in _LUT_DESCRIPTOR_TAGS
+                ):
+                    known = render_raw(memo_key[1], value, item.is_little_endian, plain)
+                    if known is not None:
+                        _remember(memo_key, known)
                 if known is not None:
                     out[key] = known
                     continue
@@ -118,9 +161,7 @@ def dataset_to_json(
         vr = elem.VR
         if vr == "SQ":
             items = [
-                dataset_to_json(
-                    child, threshold=threshold, uri_prefix=uri_prefix, path=(*path, key, str(i))
-                )
+                _render(child, threshold, (*path, key, str(i)), charset, bulk)
                 for i, child in enumerate(elem.value or [])
             ]
             out[key] = {"vr": "SQ", "Value": items} if items else {"vr": "SQ"}
@@ -128,14 +169,19 @@ def dataset_to_json(
         if vr in BINARY_VRS and elem.value is not None:
             length = len(elem.value) if not elem.is_empty else 0
             if tag in PIXEL_DATA_TAGS or length > threshold:
-                out[key] = {"vr": vr, "BulkDataURI": f"{uri_prefix}/{'/'.join((*path, key))}"}
+                bulk.append(entry := {"vr": vr, "BulkDataURI": "/".join((*path, key))})
+                out[key] = entry
                 continue
         rendered = out[key] = elem.to_json_dict(None, threshold + 1)
         if memo_key is not None:
-            if len(_memo) >= _MEMO_LIMIT:
-                _memo.clear()
-            _memo[memo_key] = rendered
+            _remember(memo_key, rendered)
     return out
+
+
+def _remember(memo_key: tuple[Any, ...], rendered: JsonDict) -> None:
+    if len(_memo) >= _MEMO_LIMIT:
+        _memo.clear()
+    _memo[memo_key] = rendered
 
 
 def instance_json(
