@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from pydicom import dcmread
-from pydicom.dataelem import RawDataElement
+from pydicom.dataelem import DataElement, RawDataElement
 from pydicom.dataset import Dataset
 from pydicom.errors import InvalidDicomError
 
@@ -44,22 +44,29 @@ from storage.frames import (
     spans_to_json,
 )
 from storage.hot import translate_os_error
-from storage.metadata import JsonDict, dumps, instance_json, split_levels
+from storage.metadata import (
+    JsonDict,
+    dumps,
+    instance_json,
+    prefix_bulkdata,
+    render_unprefixed,
+    split_levels,
+)
 from storage.model import FrameSpan
 
 PIXEL_DATA = 0x7FE0_0010
 EXTENDED_OFFSET_TABLE = 0x7FE0_0001
-_PIXEL_KEYWORDS = (
-    "Rows",
-    "Columns",
-    "BitsAllocated",
-    "BitsStored",
-    "HighBit",
-    "PixelRepresentation",
-    "SamplesPerPixel",
-    "PhotometricInterpretation",
-    "PlanarConfiguration",
-)
+_PIXEL_KEYWORDS = {
+    "Rows": 0x0028_0010,
+    "Columns": 0x0028_0011,
+    "BitsAllocated": 0x0028_0100,
+    "BitsStored": 0x0028_0101,
+    "HighBit": 0x0028_0102,
+    "PixelRepresentation": 0x0028_0103,
+    "SamplesPerPixel": 0x0028_0002,
+    "PhotometricInterpretation": 0x0028_0004,
+    "PlanarConfiguration": 0x0028_0006,
+}
 
 
 @dataclass
@@ -193,6 +200,17 @@ def _analyze_dataset(
             StowFailure.CANNOT_UNDERSTAND,
             "not a DICOM object: no data element could be read (not DICOM, or truncated)",
         )
+    # The metadata is rendered first, while every element is still raw: the checks below
+    # convert what they read, and a converted element renders through pydicom, a raw one
+    # from its bytes (storage.json_fast). Should rendering fail, it is done again after the
+    # checks, as before, so that the same problem is reported.
+    # Pixel Data as read (rendering may convert it; its file position is what _frames needs).
+    pixel_data = ds.get_item(PIXEL_DATA, keep_deferred=True)
+    rendered: tuple[JsonDict, list[JsonDict]] | None
+    try:
+        rendered = render_unprefixed(ds, threshold=threshold)
+    except Exception:
+        rendered = None
     problem = check_identity(ds, expected_study_uid)
     if problem is not None:
         raise _reject(problem.failure, problem.message)
@@ -201,13 +219,19 @@ def _analyze_dataset(
     )
     sop_class = str(ds[0x0008_0016].value).strip("\x00 ")
     ts_uid = _transfer_syntax(ds)
-    number_of_frames, frames = _frames(path, ds, ts_uid, size)
-    metadata = instance_json(
-        ds, threshold=threshold, base=base, study=study, series=series, sop=sop
-    )
+    number_of_frames, frames = _frames(path, ds, ts_uid, size, pixel_data)
+    if rendered is None:
+        metadata = instance_json(
+            ds, threshold=threshold, base=base, study=study, series=series, sop=sop
+        )
+    else:
+        metadata, bulk = rendered
+        prefix_bulkdata(bulk, base=base, study=study, series=series, sop=sop)
     pixel: dict[str, int | str] = {}
-    for keyword in _PIXEL_KEYWORDS:
-        value = ds.get(keyword)
+    for keyword, tag in _PIXEL_KEYWORDS.items():
+        value = _pixel_value(metadata, tag)
+        if value is _UNDECIDED:
+            value = ds.get(keyword)
         if value is not None and value != "":
             pixel[keyword] = value if isinstance(value, str) else int(value)
     levels = split_levels(metadata)
@@ -231,9 +255,9 @@ def _analyze_dataset(
 
 
 def _frames(
-    path: Path, ds: Dataset, ts_uid: str, file_size: int
+    path: Path, ds: Dataset, ts_uid: str, file_size: int, raw: DataElement | RawDataElement | None
 ) -> tuple[int, tuple[FrameSpan, ...] | None]:
-    raw = ds.get_item(PIXEL_DATA, keep_deferred=True)
+    """Number of frames and their spans in the file; ``raw``: Pixel Data as read."""
     if raw is None:
         return 0, ()
     frames_elem = ds.get(0x0028_0008)
@@ -305,18 +329,49 @@ Rendered = dict[str, JsonDict]
 def _rendered_value(meta: Rendered | None, tag: int, kinds: tuple[type, ...]) -> Any:
     """The one value of a plain element as its DICOM JSON holds it (None for an empty or
     absent element), or _UNDECIDED when only pydicom can say exactly what :func:`_text` /
-    :func:`_int` would: person names, several values, other VRs. The JSON was rendered from
+    :func:`_int` would: several values (or person names with several component groups),
+    other VRs. The JSON was rendered from
     the same converted element (often memoized), so reading it costs no second conversion."""
     if meta is None:
         return _UNDECIDED
     item = meta.get(f"{tag:08X}")
-    if item is None or item.get("vr") not in _RENDERED_VRS:
+    if item is None:
         return _UNDECIDED
+    vr = item.get("vr")
     values = item.get("Value")
+    if vr == "PN" and kinds == (str,):
+        # One name of one component group: str(PersonName) is that group ("=" joins them).
+        if values is None:
+            return None
+        if len(values) != 1 or not isinstance(values[0], dict):
+            return _UNDECIDED
+        groups = values[0]
+        alphabetic = groups.get("Alphabetic")
+        return alphabetic if len(groups) == 1 and type(alphabetic) is str else _UNDECIDED
+    if vr not in _RENDERED_VRS:
+        return _UNDECIDED
     if values is None:
         return None if "BulkDataURI" not in item and "InlineBinary" not in item else _UNDECIDED
     if len(values) == 1 and type(values[0]) in kinds:
         return values[0]
+    return _UNDECIDED
+
+
+def _pixel_value(meta: Rendered, tag: int) -> Any:
+    """What ``ds.get(keyword)`` gives for an image pixel attribute (None when absent), read
+    from the rendered metadata when it holds one int (US, SS) or one string (CS), else
+    _UNDECIDED."""
+    item = meta.get(f"{tag:08X}")
+    if item is None:
+        return None
+    values = item.get("Value")
+    if values is None or len(values) != 1:
+        return _UNDECIDED
+    value = values[0]
+    if (item["vr"] in ("US", "SS") and type(value) is int) or (
+        item["vr"] == "CS" and type(value) is str
+    ):
+        return value
     return _UNDECIDED
 
 

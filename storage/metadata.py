@@ -191,6 +191,20 @@ def instance_json(
     return dataset_to_json(ds, threshold=threshold, uri_prefix=prefix)
 
 
+def render_unprefixed(ds: Dataset, *, threshold: int) -> tuple[JsonDict, list[JsonDict]]:
+    """:func:`instance_json` before the instance's UIDs are known: the JSON, and its bulk
+    data elements, whose ``BulkDataURI`` holds only the path until :func:`prefix_bulkdata`."""
+    bulk: list[JsonDict] = []
+    return _render(ds, threshold, (), None, bulk), bulk
+
+
+def prefix_bulkdata(bulk: list[JsonDict], *, base: str, study: str, series: str, sop: str) -> None:
+    """Complete the URIs of :func:`render_unprefixed` as :func:`instance_json` makes them."""
+    prefix = bulkdata_uri(base, study, series, sop, "").rstrip("/")
+    for element in bulk:
+        element["BulkDataURI"] = f"{prefix}/{element['BulkDataURI']}"
+
+
 def split_levels(meta: JsonDict) -> dict[str, JsonDict]:
     """The attributes of each hierarchy level (PATIENT, STUDY, SERIES, IMAGE) from one
     instance's JSON. Bulk data stays out of the instance level's (search-time) attributes."""

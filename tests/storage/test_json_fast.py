@@ -18,9 +18,27 @@ from pydicom.dataelem import DataElement, RawDataElement, convert_raw_data_eleme
 from pydicom.dataset import Dataset
 from pydicom.tag import Tag
 
+from conformance.validation import check_identity
 from storage import metadata
+from storage.errors import IngestRejected
+from storage.ingest import (
+    _PIXEL_KEYWORDS,
+    PIXEL_DATA,
+    _columns,
+    _frames,
+    _transfer_syntax,
+    analyze,
+    hash_file,
+)
 from storage.json_fast import FAST_VRS, render_raw
-from storage.metadata import BINARY_VRS, PIXEL_DATA_TAGS, _vr_of_raw, dataset_to_json
+from storage.metadata import (
+    BINARY_VRS,
+    PIXEL_DATA_TAGS,
+    _vr_of_raw,
+    bulkdata_uri,
+    dataset_to_json,
+    split_levels,
+)
 
 THRESHOLD = 1024
 
@@ -271,3 +289,76 @@ def test_what_render_raw_leaves_to_pydicom() -> None:
     assert render_raw("DS", b"inf", True, True) is None
     assert render_raw("US", b"\x01", True, True) is None
     assert render_raw("CS", b"", True, True) is None
+
+
+def _reference_analysis(path: Path) -> dict[str, Any]:
+    """storage.ingest.analyze's results as it made them before json_fast: identity checks and
+    frames first, then the metadata and the index columns through pydicom alone."""
+    try:
+        size, _ = hash_file(path)
+        ds = _read(path)
+        if len(ds) == 0:
+            return {"rejected": "empty"}
+        problem = check_identity(ds, None)
+        if problem is not None:
+            return {"rejected": (int(problem.failure), problem.message)}
+        study, series, sop = (
+            str(ds[t].value).strip("\x00 ") for t in (0x0020_000D, 0x0020_000E, 0x0008_0018)
+        )
+        pixel_data = ds.get_item(PIXEL_DATA, keep_deferred=True)
+        _, frames = _frames(path, ds, _transfer_syntax(ds), size, pixel_data)
+        prefix = bulkdata_uri("arca-base:", study, series, sop, "").rstrip("/")
+        meta = _reference_json(ds, prefix)
+        pixel: dict[str, int | str] = {}
+        for keyword in _PIXEL_KEYWORDS:
+            value = ds.get(keyword)
+            if value is not None and value != "":
+                pixel[keyword] = value if isinstance(value, str) else int(value)
+        return {
+            "metadata": _dumps(meta),
+            "levels": {k: _dumps(v) for k, v in split_levels(meta).items()},
+            "columns": _columns(ds),
+            "pixel": _dumps(pixel),
+            "frames": frames,
+        }
+    except Exception as exc:
+        return {"rejected": type(exc).__name__}
+
+
+def _analysis(path: Path) -> dict[str, Any]:
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            a = analyze(
+                path,
+                bulkdata_threshold=THRESHOLD,
+                bulkdata_base="arca-base:",
+                expected_study_uid=None,
+            )
+    except IngestRejected as exc:
+        return {"rejected": exc}
+    return {
+        "metadata": _dumps(json.loads(a.metadata_json)),
+        "levels": {k: _dumps(json.loads(v)) for k, v in a.level_json.items()},
+        "columns": a.columns,
+        "pixel": _dumps(a.pixel_attributes),
+        "frames": a.frames,
+    }
+
+
+def test_analyze_gives_what_the_pydicom_only_order_gave(
+    corpus: list[Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(metadata, "_memo", {})
+    analysed = 0
+    for path in corpus:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            reference = _reference_analysis(path)
+        fast = _analysis(path)
+        if "rejected" in reference or "rejected" in fast:
+            assert "rejected" in reference and "rejected" in fast, (path.name, reference, fast)
+            continue
+        assert fast == reference, path.name
+        analysed += 1
+    assert analysed > 50
