@@ -91,9 +91,37 @@ class _Parser:
         self.part: Part | None = None
 
     def feed(self, chunk: bytes) -> None:
+        if self.state == "body" and self._body_chunk(chunk):
+            return
         self.buf += chunk
         while self._step():
             pass
+
+    def _body_chunk(self, chunk: bytes) -> bool:
+        """Inside a part, a chunk without a delimiter goes to the file without first being
+        copied into the buffer (most of a body's chunks). False, having done nothing, when
+        the chunk holds or may complete a delimiter: the state machine takes it then.
+
+        In the body state the buffer holds less than a delimiter (the look-behind), so a
+        delimiter not wholly in the chunk starts in the buffer and ends within the chunk's
+        first ``len(delimiter) - 1`` bytes."""
+        buf, delimiter = self.buf, self.delimiter
+        keep = len(delimiter) - 1
+        if len(chunk) <= keep or chunk.find(delimiter) >= 0:
+            return False
+        if buf and (bytes(buf) + chunk[:keep]).find(delimiter) >= 0:
+            return False
+        assert self.file is not None and self.part is not None
+        safe = len(chunk) - keep
+        if buf:
+            self.file.write(buf)
+            self.part.size += len(buf)
+            buf.clear()
+        with memoryview(chunk) as view:  # no copy of the slice
+            self.file.write(view[:safe])
+            buf += view[safe:]
+        self.part.size += safe
+        return True
 
     def _step(self) -> bool:
         """Advance one state as far as the buffer allows; False when more data is needed."""
