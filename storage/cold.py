@@ -338,16 +338,25 @@ class S3BlobStore:
     async def list_objects(self, prefix: str = "") -> list[tuple[str, int, float]]:
         """(key, size, last-modified POSIX time) of every object under ``prefix``."""
         out: list[tuple[str, int, float]] = []
+        async for page in self.iter_object_pages(prefix):
+            out += page
+        return sorted(out)
+
+    async def iter_object_pages(
+        self, prefix: str = "", page_size: int = 1000
+    ) -> AsyncIterator[list[tuple[str, int, float]]]:
+        """:meth:`list_objects` a page (one S3 ListObjectsV2 response) at a time, in
+        constant memory however large the bucket."""
         try:
-            stream = obstore.list(self._s, prefix or None, chunk_size=1000)
+            stream = obstore.list(self._s, prefix or None, chunk_size=page_size)
             async for batch in stream:
-                for meta in batch:
-                    out.append(
-                        (str(meta["path"]), int(meta["size"]), meta["last_modified"].timestamp())
-                    )
+                yield [
+                    (str(m["path"]), int(m["size"]), m["last_modified"].timestamp())
+                    for m in batch
+                    if not str(m["path"]).startswith(_PROBE_KEY)
+                ]
         except _ERRORS as exc:
             _fail(exc, f"listing {prefix!r}", self.location)
-        return sorted(k for k in out if not k[0].startswith(_PROBE_KEY))
 
     async def get(self, key: str) -> bytes:
         try:

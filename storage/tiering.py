@@ -68,6 +68,8 @@ log = logging.getLogger(__name__)
 
 _BATCH = 32
 """Instances flipped per index transaction: bounds how long a migration holds row locks."""
+_LOOKUP_BATCH = 500
+"""Blob keys looked up in the index per query (sweep, cache eviction)."""
 _LOW_WATERMARK = 0.9
 """Once over the high watermark, move studies cold until the hot tier is under 90% of it."""
 FETCH_WHOLE_BYTES = 16 << 20
@@ -797,17 +799,8 @@ class TierManager:
         local = await asyncio.to_thread(_cached_studies, self.hot.root)
         keys = [key for study in local for key, _, _ in study.files]
         tier_of: dict[str, tuple[int, str]] = {}
-        for start in range(0, len(keys), 500):
-            chunk = keys[start : start + 500]
-            async with self._db(self._read) as conn:
-                rows = (
-                    await conn.execute(
-                        select(instances.c.id, instances.c.blob_key, instances.c.tier).where(
-                            instances.c.blob_key.in_(chunk)
-                        )
-                    )
-                ).all()
-            tier_of.update({str(k): (int(i), str(t)) for i, k, t in rows})
+        for start in range(0, len(keys), _LOOKUP_BATCH):
+            tier_of.update(await self._rows_of(keys[start : start + _LOOKUP_BATCH]))
         stale = [
             key
             for study in local
@@ -870,36 +863,32 @@ class TierManager:
         """
         report = SweepReport()
         horizon = time.time() - grace_seconds
-        async with self._db(self._read) as conn:
-            rows = (
-                await conn.execute(select(instances.c.id, instances.c.blob_key, instances.c.tier))
-            ).all()
-        tier_of = {str(key): (int(i), str(t)) for i, key, t in rows}
+        # Page by page (one S3 listing page, one index look-up of its keys): constant memory
+        # for a bucket of any size.
+        async for page in self.cold.iter_object_pages():
+            stale = [key for key, _size, mtime in page if mtime <= horizon]
+            tier_of = await self._rows_of(stale)
+            for key in stale:
+                entry = tier_of.get(key)
+                if entry is None:
+                    await self.cold.delete(key)
+                    report.cold_orphans_removed.append(key)
+                elif entry[1] == Tier.HOT.value and await self._delete_if_row_is(
+                    entry[0], key, Tier.HOT, Tier.COLD
+                ):
+                    report.cold_copies_removed.append(key)
 
-        stale_cold = [
-            (key, tier_of.get(key))
-            for key, _size, mtime in await self.cold.list_objects()
-            if mtime <= horizon
-        ]
-        for key, entry in stale_cold:
-            if entry is None:
-                await self.cold.delete(key)
-                report.cold_orphans_removed.append(key)
-            elif entry[1] == Tier.HOT.value and await self._delete_if_row_is(
-                entry[0], key, Tier.HOT, Tier.COLD
-            ):
-                report.cold_copies_removed.append(key)
-
-        for key, (row_id, tier) in tier_of.items():
-            if tier != Tier.COLD.value or self.write_through:
-                continue  # (with write-through, hot copies of cold rows are the cache)
-            mtime = await asyncio.to_thread(_mtime, self.hot.path_of(key))
-            if (
-                mtime is not None
-                and mtime <= horizon
-                and await self._delete_if_row_is(row_id, key, Tier.COLD, Tier.HOT)
-            ):
-                report.hot_copies_removed.append(key)
+        if not self.write_through:  # (with write-through, hot copies of cold rows are the cache)
+            # This node's hot files (bounded by its disk), not every row of the index.
+            local = await asyncio.to_thread(_cached_studies, self.hot.root)
+            stale = [key for s in local for key, _size, mtime in s.files if mtime <= horizon]
+            for start in range(0, len(stale), _LOOKUP_BATCH):
+                chunk = stale[start : start + _LOOKUP_BATCH]
+                for key, (row_id, tier) in (await self._rows_of(chunk)).items():
+                    if tier == Tier.COLD.value and await self._delete_if_row_is(
+                        row_id, key, Tier.COLD, Tier.HOT
+                    ):
+                        report.hot_copies_removed.append(key)
 
         removed = await asyncio.to_thread(_clean_spool, self.spool_dir, horizon)
         if report.hot_copies_removed or report.cold_copies_removed or removed:
@@ -915,6 +904,20 @@ class TierManager:
             report.cold_orphans_removed,
             removed,
         )
+
+    async def _rows_of(self, keys: list[str]) -> dict[str, tuple[int, str]]:
+        """Blob key -> (row id, tier) of the rows that name ``keys`` (one query)."""
+        if not keys:
+            return {}
+        async with self._db(self._read) as conn:
+            rows = (
+                await conn.execute(
+                    select(instances.c.id, instances.c.blob_key, instances.c.tier).where(
+                        instances.c.blob_key.in_(keys)
+                    )
+                )
+            ).all()
+        return {str(k): (int(i), str(t)) for i, k, t in rows}
 
     async def _delete_if_row_is(self, row_id: int, key: str, named: Tier, copy: Tier) -> bool:
         async with self._db(self._write, begin=True) as conn:
@@ -1062,13 +1065,6 @@ def _cached_studies(root: Path) -> list[_CachedStudy]:
 def _write_file(path: Path, data: bytes) -> None:
     with open(path, "wb") as fh:
         fh.write(data)
-
-
-def _mtime(path: Path) -> float | None:
-    try:
-        return path.stat().st_mtime
-    except FileNotFoundError:
-        return None
 
 
 def _clean_spool(spool: Path, horizon: float) -> int:
