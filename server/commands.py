@@ -179,9 +179,16 @@ def run_verify(settings: Settings, study_uid: str | None) -> int:
 
     async def verify() -> int:
         archive = await open_archive(settings.storage)
+        bar = tqdm(unit="instance", desc="verifying", file=sys.stderr, disable=None)
         try:
-            report = await archive.verify(study_uid)
+
+            def progress(checked: int, total: int) -> None:
+                bar.total = total
+                bar.update(checked - bar.n)
+
+            report = await archive.verify(study_uid, progress=progress)
         finally:
+            bar.close()
             await archive.close()
         out = sys.stdout
         scope = f" of study {study_uid}" if study_uid else ""

@@ -10,9 +10,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import hashlib
 import io
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
@@ -41,6 +42,10 @@ from storage.prefetch import Prefetcher
 from storage.query import Query, QueryResult
 from storage.tiering import MigrationResult, TierManager, TierPolicyTask, TierStatus, tier_status
 
+VERIFY_CONCURRENCY = 8
+"""Blobs ``arca verify`` checks at once (cold-tier checks wait on the network)."""
+VERIFY_PAGE = 1000
+"""Index rows ``arca verify`` reads per query."""
 BULKDATA_BASE = "arca-base:"
 """Prefix of every BulkDataURI in precomputed metadata. The HTTP layer replaces
 ``"arca-base:`` with ``"<base URL of the DICOMweb root>`` when it serves metadata, so the URIs
@@ -347,36 +352,64 @@ class Archive:
             await self._delete_blob(tier, key)
         return len(blobs)
 
-    async def verify(self, study_uid: str | None = None) -> VerifyReport:
+    async def verify(
+        self,
+        study_uid: str | None = None,
+        *,
+        progress: Callable[[int, int], None] | None = None,
+    ) -> VerifyReport:
+        """Check every blob (of one study) against its SHA-256 and list hot files no row
+        names. Walks the index a page at a time (constant memory however large the
+        archive), checking up to VERIFY_CONCURRENCY blobs at once; ``progress(checked,
+        total)`` after each page."""
         async with self._db(self._read) as conn:
-            inventory = await repository.blob_inventory(conn, study_uid)
-            named = set(await repository.all_blob_keys(conn)) if study_uid is None else None
+            total = await repository.count_instances(conn, study_uid)
         missing: list[str] = []
         corrupt: list[str] = []
         bad_cache: list[str] = []
-        for sop_uid, tier, key, sha256 in inventory:
-            store = self._store_for(tier)
-            if not await store.exists(key):
-                missing.append(sop_uid)
-                continue
-            if await _sha256_of(store, key) != sha256:
-                corrupt.append(sop_uid)
-            elif (
-                self.settings.write_through
-                and tier == Tier.COLD.value
-                and await self.hot.exists(key)
-                and await _sha256_of(self.hot, key) != sha256
-            ):
-                # Reads serve a cached copy without hashing it: a bad one must go.
-                await self.hot.delete(key)
-                bad_cache.append(sop_uid)
+        gate = asyncio.Semaphore(VERIFY_CONCURRENCY)
+
+        async def check(sop_uid: str, tier: str, key: str, sha256: str) -> None:
+            async with gate:
+                store = self._store_for(tier)
+                if not await store.exists(key):
+                    missing.append(sop_uid)
+                elif await _sha256_of(store, key) != sha256:
+                    corrupt.append(sop_uid)
+                elif (
+                    self.settings.write_through
+                    and tier == Tier.COLD.value
+                    and await self.hot.exists(key)
+                    and await _sha256_of(self.hot, key) != sha256
+                ):
+                    # Reads serve a cached copy without hashing it: a bad one must go.
+                    await self.hot.delete(key)
+                    bad_cache.append(sop_uid)
+
+        checked = 0
+        after = 0
+        while True:
+            async with self._db(self._read) as conn:
+                page = await repository.blob_inventory(
+                    conn, study_uid, after_id=after, limit=VERIFY_PAGE
+                )
+            if not page:
+                break
+            await asyncio.gather(*(check(*row[1:]) for row in page))
+            checked += len(page)
+            after = page[-1][0]
+            if progress is not None:
+                progress(checked, max(total, checked))
         orphans: list[str] = []
         prefix = f"{study_uid}/" if study_uid is not None else ""
-        known = named if named is not None else {key for _, _, key, _ in inventory}
-        async for key in self.hot.iter_keys(prefix):
-            if key not in known:
-                orphans.append(key)
-        return VerifyReport(len(inventory), missing, corrupt, orphans, bad_cache)
+        keys = [key async for key in self.hot.iter_keys(prefix)]
+        for start in range(0, len(keys), 500):
+            chunk = keys[start : start + 500]
+            named = await self._ingest_index.run(
+                functools.partial(repository.named_blobs, blob_keys=chunk), write=False
+            )
+            orphans += [key for key in chunk if key not in named]
+        return VerifyReport(checked, sorted(missing), sorted(corrupt), orphans, sorted(bad_cache))
 
     # -- tiers (storage.tiering) --------------------------------------------------------
 

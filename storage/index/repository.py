@@ -577,15 +577,33 @@ def _remove_empty_parents(conn: Connection, series_pks: set[int]) -> bool:
 
 
 async def blob_inventory(
-    conn: AsyncConnection, study_uid: str | None
-) -> list[tuple[str, str, str, str]]:
-    """(sop_uid, tier, blob_key, sha256) of every instance (of one study)."""
-    statement = select(
-        instances.c.sop_uid, instances.c.tier, instances.c.blob_key, instances.c.sha256
-    ).select_from(_INSTANCE_SOURCE)
+    conn: AsyncConnection, study_uid: str | None, *, after_id: int = 0, limit: int = 1000
+) -> list[tuple[int, str, str, str, str]]:
+    """(row id, sop_uid, tier, blob_key, sha256) of up to ``limit`` instances (of one study)
+    with row ids above ``after_id``, in id order: one page of a walk over the archive."""
+    statement = (
+        select(
+            instances.c.id,
+            instances.c.sop_uid,
+            instances.c.tier,
+            instances.c.blob_key,
+            instances.c.sha256,
+        )
+        .select_from(_INSTANCE_SOURCE)
+        .where(instances.c.id > after_id)
+        .order_by(instances.c.id)
+        .limit(limit)
+    )
     if study_uid is not None:
         statement = statement.where(studies.c.study_uid == study_uid)
     return [tuple(row) for row in (await conn.execute(statement)).all()]
+
+
+async def count_instances(conn: AsyncConnection, study_uid: str | None) -> int:
+    statement = select(func.count()).select_from(_INSTANCE_SOURCE)
+    if study_uid is not None:
+        statement = statement.where(studies.c.study_uid == study_uid)
+    return int((await conn.execute(statement)).scalar_one())
 
 
 async def search(conn: AsyncConnection, query: Query) -> QueryResult:
@@ -614,7 +632,3 @@ def named_blobs(conn: Connection, blob_keys: Sequence[str]) -> set[str]:
             .all()
         )
     return named
-
-
-async def all_blob_keys(conn: AsyncConnection) -> list[str]:
-    return list((await conn.execute(select(instances.c.blob_key))).scalars())

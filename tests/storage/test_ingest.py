@@ -14,6 +14,7 @@ import pytest
 from pydicom.data import get_testdata_file
 from pydicom.uid import generate_uid
 
+import storage.archive
 from config.settings import OverwritePolicy
 from conformance.statuses import StowFailure
 from storage.archive import BULKDATA_BASE, Archive
@@ -422,6 +423,22 @@ async def test_verify_finds_missing_corrupt_and_orphans(archive: Archive, tmp_pa
     scoped = await archive.verify(study)
     assert scoped.orphans == report.orphans and scoped.instances_checked == 3
     assert {o.sop_instance_uid for o in outcomes} == {loc.sop_instance_uid for loc in locations}
+
+
+async def test_verify_walks_the_index_in_pages(
+    archive: Archive, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(storage.archive, "VERIFY_PAGE", 2)  # 5 instances: three pages
+    study = generate_uid()
+    for _ in range(5):
+        await archive.ingest(write(make_dataset(study=study), tmp_path / "in"))
+    last = (await archive.locate(study))[-1]
+    (archive.settings.data_dir / "hot" / last.blob_key).unlink()
+    seen: list[tuple[int, int]] = []
+    report = await archive.verify(progress=lambda checked, total: seen.append((checked, total)))
+    assert report.instances_checked == 5
+    assert report.missing == [last.sop_instance_uid]
+    assert seen == [(2, 5), (4, 5), (5, 5)]
 
 
 async def test_delete_levels_and_empty_parents(archive: Archive, tmp_path: Path) -> None:
