@@ -4,7 +4,9 @@ The body is spooled to part files (streamed, size-limited); each part is prepare
 validated, fsync'd: ``ArchiveService.prepare``) as soon as it is complete, while the rest of
 the body arrives; once the whole body has parsed they are committed in order, COMMIT_BATCH
 per index transaction (``ArchiveService.commit``), so a malformed or oversized request stores
-nothing. Each part still succeeds or fails on its own;
+nothing. Memory stays bounded however many parts a request carries: past HELD_IN_MEMORY,
+prepared analyses wait on disk until their slice commits. Each part still succeeds or fails
+on its own;
 the response lists what was stored (ReferencedSOPSequence) and what was not
 (FailedSOPSequence).
 
@@ -15,6 +17,7 @@ warnings, 409 none stored, 400 malformed body, 413 too large, 415 unsupported me
 from __future__ import annotations
 
 import asyncio
+import pickle
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -48,9 +51,51 @@ from storage.model import IngestOutcome
 
 COMMIT_BATCH = 32
 """Instances of one request committed in one index transaction."""
+HELD_IN_MEMORY = 2 * COMMIT_BATCH
+"""Prepared instances of one request kept in memory while its body still arrives. The
+analyses of later parts (each holds the instance's metadata, 10–20 KB for a CT slice) are
+pickled beside their part files until their slice commits: a request of 100,000 instances
+would otherwise hold gigabytes."""
 PREPARE_CONCURRENCY = 3
 """Parts of one request prepared at the same time (parsing holds the GIL; hashing and fsync
 do not)."""
+
+
+@dataclass(frozen=True)
+class _Spilled:
+    """A prepared part whose Analysis waits pickled in ``path`` (see HELD_IN_MEMORY)."""
+
+    path: Path
+
+
+def _spill(analysis: Analysis, part_path: Path) -> Analysis | _Spilled:
+    target = part_path.with_name(part_path.name + ".analysis")
+    try:
+        target.write_bytes(pickle.dumps(analysis, protocol=pickle.HIGHEST_PROTOCOL))
+    except OSError:
+        target.unlink(missing_ok=True)
+        return analysis  # no room on the spool: keep this one in memory
+    return _Spilled(target)
+
+
+def _load_spilled(prepared: list[Analysis | _Failure | _Spilled]) -> list[Analysis | _Failure]:
+    loaded: list[Analysis | _Failure] = []
+    for p in prepared:
+        if isinstance(p, _Spilled):
+            # Our own file in our own spool folder, written by _spill for this request.
+            loaded.append(pickle.loads(p.path.read_bytes()))
+            p.path.unlink(missing_ok=True)
+        else:
+            loaded.append(p)
+    return loaded
+
+
+def _remove_spilled(done: list[asyncio.Task[Analysis | _Failure | _Spilled]]) -> None:
+    for task in done:
+        if task.done() and not task.cancelled() and task.exception() is None:
+            result = task.result()
+            if isinstance(result, _Spilled):
+                result.path.unlink(missing_ok=True)
 
 
 @dataclass(frozen=True)
@@ -110,14 +155,17 @@ class StowService:
             if too_large:
                 raise BodyTooLarge(self.max_bytes)
         limit = asyncio.Semaphore(PREPARE_CONCURRENCY)
-        preparing: list[asyncio.Task[Analysis | _Failure]] = []
+        preparing: list[asyncio.Task[Analysis | _Failure | _Spilled]] = []
 
-        async def prepare_one(part: Part) -> Analysis | _Failure:
+        async def prepare_one(part: Part, index: int) -> Analysis | _Failure | _Spilled:
             async with limit:
-                return await self._prepare_part(part, study)
+                prepared = await self._prepare_part(part, study)
+                if index >= HELD_IN_MEMORY and isinstance(prepared, Analysis):
+                    return await asyncio.to_thread(_spill, prepared, part.path)
+                return prepared
 
         def on_part(part: Part) -> None:
-            preparing.append(asyncio.ensure_future(prepare_one(part)))
+            preparing.append(asyncio.ensure_future(prepare_one(part, len(preparing))))
 
         try:
             spooled = await spool_multipart(
@@ -128,13 +176,18 @@ class StowService:
             for task in preparing:
                 task.cancel()
             await asyncio.gather(*preparing, return_exceptions=True)
+            await asyncio.to_thread(_remove_spilled, preparing)
             raise
         results: list[IngestOutcome | _Failure] = []
         try:
             # Committed a slice at a time, in the request's order, each as soon as its parts
             # are prepared: one index transaction per slice, while later parts still prepare.
             for start in range(0, len(preparing), COMMIT_BATCH):
-                prepared = await asyncio.gather(*preparing[start : start + COMMIT_BATCH])
+                waited = await asyncio.gather(*preparing[start : start + COMMIT_BATCH])
+                if any(isinstance(p, _Spilled) for p in waited):
+                    prepared = await asyncio.to_thread(_load_spilled, waited)
+                else:
+                    prepared = [p for p in waited if not isinstance(p, _Spilled)]
                 ready = [p for p in prepared if isinstance(p, Analysis)]
                 committed = iter(await self.archive.commit(ready))
                 for p in prepared:
@@ -154,6 +207,7 @@ class StowService:
             raise
         finally:
             spooled.discard()
+            await asyncio.to_thread(_remove_spilled, preparing)
         stored = [r for r in results if isinstance(r, IngestOutcome)]
         failed = [r for r in results if isinstance(r, _Failure)]
         base = self.base_url(request)

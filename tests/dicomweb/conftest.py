@@ -38,6 +38,8 @@ class DicomwebServer:
     """Base of the DICOMweb root with a transcoder, e.g. http://127.0.0.1:PORT/dicom-web."""
     no_codec_url: str
     """The same archive without a transcoder."""
+    spool: Path
+    """Where the server spools request bodies."""
 
     def client(self, root: str | None = None) -> DICOMwebClient:
         return DICOMwebClient(root or self.url)
@@ -104,7 +106,9 @@ def dicomweb_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Dicomw
     if thread.error is not None:
         raise thread.error
     base = f"http://127.0.0.1:{thread.port}"
-    yield DicomwebServer(url=base + "/dicom-web", no_codec_url=base + "/no-codec")
+    yield DicomwebServer(
+        url=base + "/dicom-web", no_codec_url=base + "/no-codec", spool=thread.data_dir / "spool"
+    )
     assert thread.server is not None
     thread.server.should_exit = True
     thread.join(30)

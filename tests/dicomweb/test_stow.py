@@ -5,12 +5,15 @@ from __future__ import annotations
 import io
 import os
 import socket
+from typing import Any
 
 import httpx
 import pydicom
+import pytest
 from pydicom.dataset import Dataset
 from pydicom.uid import generate_uid
 
+import dicomweb.stow
 from conformance.statuses import StowFailure
 from tests.dicomweb.conftest import (
     MAX_STOW_BYTES,
@@ -175,6 +178,48 @@ def test_malformed_multipart_is_400_and_stores_nothing(dw: DicomwebServer) -> No
         )
     assert r.status_code == 400 and "boundary" in r.json()["error"]
     assert studies_of(dw, pid) == []
+
+
+def _spool_files(dw: DicomwebServer) -> list[str]:
+    return sorted(p.name for p in dw.spool.rglob("*") if p.is_file())
+
+
+def test_a_long_request_waits_on_disk_and_stores_every_instance(
+    dw: DicomwebServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The server runs in this process: past 2 parts, prepared analyses are pickled to disk.
+    monkeypatch.setattr(dicomweb.stow, "HELD_IN_MEMORY", 2)
+    spilled: list[object] = []
+    spill = dicomweb.stow._spill
+
+    def counting_spill(*args: Any) -> Any:
+        spilled.append(result := spill(*args))
+        return result
+
+    monkeypatch.setattr(dicomweb.stow, "_spill", counting_spill)
+    pid = unique_patient()
+    first = make_instance(CT, patient_id=pid)
+    instances = [first] + [make_instance(CT, patient_id=pid, study=first.study) for _ in range(5)]
+    r = post(dw, body_of(*(i.data for i in instances)))
+    assert r.status_code == 200, r.text
+    assert len(spilled) == 4
+    with dw.http() as http:
+        for inst in instances:
+            got = http.get(
+                f"/studies/{inst.study}/series/{inst.series}/instances/{inst.sop}/metadata"
+            )
+            assert got.status_code == 200
+            assert got.json()[0]["00080018"]["Value"] == [inst.sop]
+    assert _spool_files(dw) == []
+
+    # The same, but the body breaks after the sixth part: nothing stored, nothing left.
+    pid = unique_patient()
+    broken = [make_instance(CT, patient_id=pid) for _ in range(7)]
+    data = body_of(*(i.data for i in broken))[: -len(f"\r\n--{BOUNDARY}--\r\n")]
+    r = post(dw, data)
+    assert r.status_code == 400, r.text
+    assert studies_of(dw, pid) == []
+    assert _spool_files(dw) == []
 
 
 def test_body_over_limit_is_413_streamed(dw: DicomwebServer) -> None:
