@@ -163,7 +163,8 @@ class ColdArcaServer(servers.ArcaServer):
         cmd = super().command()
         at = cmd.index("--data")
         del cmd[at : at + 2]
-        return [*cmd[:2], *self.storage_args(), *cmd[2:]]
+        serve = cmd.index("serve") + 1
+        return [*cmd[:serve], *self.storage_args(), *cmd[serve:]]
 
     def start(self) -> None:
         with _s3_credentials():
@@ -171,9 +172,9 @@ class ColdArcaServer(servers.ArcaServer):
 
     def tier(self, *args: str) -> str:
         """Run ``arca tier ARGS`` on this server's data and cold store; its stdout."""
-        arca = Path(sys.executable).with_name("arca")
         done = subprocess.run(
-            [str(arca), "tier", *args, *self.storage_args()],
+            [*servers.ARCA, "tier", *args, *self.storage_args()],
+            cwd=servers.CHECKOUT,
             env={**os.environ, **S3_ENV},
             capture_output=True,
             text=True,

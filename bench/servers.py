@@ -23,6 +23,11 @@ import time
 import urllib.request
 from pathlib import Path
 
+CHECKOUT = Path(__file__).resolve().parent.parent
+ARCA = (sys.executable, "-m", "server.cli")
+"""``arca`` from this checkout (run with ``cwd=CHECKOUT``). The venv's ``arca`` script would
+import the checkout the venv was installed from, which need not be the one benchmarked."""
+
 SCU_AE = "BENCHSCU"
 """AE title of the DCMTK tools that send C-STORE and C-MOVE requests."""
 DEST_AE = "BENCHDEST"
@@ -143,7 +148,11 @@ class Server:
         self.workdir.mkdir(parents=True, exist_ok=True)
         log = open(self.log_path, "ab")  # noqa: SIM115 - owned by the child for its lifetime
         self.proc = subprocess.Popen(
-            self.command(), stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+            self.command(),
+            cwd=CHECKOUT,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
         )
         log.close()
         _wait_http(self.ready_url(), self.proc, 60)
@@ -251,9 +260,8 @@ class ArcaServer(Server):
     ae_title = "ARCA"
 
     def command(self) -> list[str]:
-        arca = Path(sys.executable).with_name("arca")
         return [
-            str(arca),
+            *ARCA,
             "serve",
             "--data",
             str(self.workdir / "data"),
