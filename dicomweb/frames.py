@@ -25,7 +25,6 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from conformance.transfer_syntaxes import is_native
-from dicomweb.cached_read import pread_cached
 from dicomweb.errors import HttpError
 from dicomweb.http_caching import boundary_for, caching_headers, etag_for, not_modified
 from dicomweb.media import (
@@ -142,18 +141,17 @@ class FrameService:
             hot_path = getattr(self.archive, "hot_path", None)
             path: Path | None = hot_path(loc) if hot_path is not None else None
             if path is not None and total <= INLINE_READ_BYTES:
-                # A hot-tier file named without I/O (optional archive method): read it right
-                # here when the page cache holds it, no thread hop; gone (migrated) means ask
-                # the archive.
+                # A hot-tier file named without I/O (optional archive method): open and read
+                # it right here, no thread hop; gone (migrated) means ask the archive.
                 with contextlib.suppress(FileNotFoundError):
-                    return await _read_spans_soon(path, spans)
+                    return _read_spans(path, spans)
             reader = await self.archive.open_blob(loc)
             try:
                 if reader.local_path is not None:
-                    # One file read for all spans: on the loop when small and cached (a
-                    # page-cache read costs less than a thread hop), else in a worker thread.
+                    # One file read for all spans: on the loop when small (a page-cache read
+                    # costs less than a thread hop), else in one worker thread.
                     if total <= INLINE_READ_BYTES:
-                        return await _read_spans_soon(reader.local_path, spans)
+                        return _read_spans(reader.local_path, spans)
                     return await asyncio.to_thread(_read_spans, reader.local_path, spans)
                 parts: list[bytes] = []
                 for span in spans:
@@ -208,28 +206,6 @@ def _read_spans(path: Path, spans: list[tuple[tuple[int, int], ...]]) -> list[by
         return [b"".join(os.pread(fd, length, offset) for offset, length in span) for span in spans]
     finally:
         os.close(fd)
-
-
-def _read_cached_spans(path: Path, spans: list[tuple[tuple[int, int], ...]]) -> list[bytes] | None:
-    """:func:`_read_spans` on the loop, or None when a byte is not in the page cache."""
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        out: list[bytes] = []
-        for span in spans:
-            pieces = [pread_cached(fd, length, offset) for offset, length in span]
-            if any(p is None for p in pieces):
-                return None
-            out.append(b"".join(p for p in pieces if p is not None))
-        return out
-    finally:
-        os.close(fd)
-
-
-async def _read_spans_soon(path: Path, spans: list[tuple[tuple[int, int], ...]]) -> list[bytes]:
-    cached = _read_cached_spans(path, spans)
-    if cached is not None:
-        return cached
-    return await asyncio.to_thread(_read_spans, path, spans)
 
 
 def _byte_range(header: str, size: int) -> tuple[int, int]:

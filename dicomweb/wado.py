@@ -33,7 +33,6 @@ from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
 
 from conformance.transfer_syntaxes import TRANSFER_SYNTAXES
-from dicomweb.cached_read import pread_cached
 from dicomweb.dicom_json import join_metadata
 from dicomweb.dicom_xml import json_to_xml
 from dicomweb.errors import HttpError
@@ -181,10 +180,8 @@ class WadoService:
         reader = await self.archive.open_blob(loc)
         try:
             if reader.local_path is not None and reader.size <= INLINE_READ_BYTES:
-                # On the loop when the page cache holds it (dicomweb.cached_read).
-                got = _read_file(loc, reader.local_path, b"", cached_only=True)
-                if isinstance(got, bytes):
-                    return got
+                with open(reader.local_path, "rb") as f:
+                    return f.read()
             return await reader.read_all()
         finally:
             await reader.close()
@@ -218,18 +215,12 @@ class WadoService:
                 # KiB cost less than thread hops, and bytes made on this thread come from the
                 # main malloc arena, which reuses freed memory (measured: reading in a worker
                 # thread cost ~25% more CPU per image).
-                # Files the page cache does not hold are read in one worker thread instead
-                # (dicomweb.cached_read): a disk wait must not stall the loop.
-                got = _read_files(batch, local, cached_only=True)
-                uncached = [(i, f) for (i, f), c in zip(local, got, strict=True) if c is NOT_CACHED]
-                if uncached:
-                    reread = iter(await asyncio.to_thread(_read_files, batch, uncached))
-                    got = [next(reread) if c is NOT_CACHED else c for c in got]
+                got = _read_files(batch, local)
                 for (i, _), chunk in zip(local, got, strict=True):
                     if chunk is None and i not in readers:
                         # The file moved (migrated to the cold tier) since locate().
                         readers[i] = await self.archive.open_blob(batch.locations[i])
-                    chunks[i] = chunk if isinstance(chunk, bytes) else None
+                    chunks[i] = chunk
             for i, reader in readers.items():
                 if chunks[i] is None:
                     _check_size(batch.locations[i], reader.size)
@@ -350,50 +341,33 @@ class _Batch:
     nbytes: int
 
 
-class _NotCached:
-    """A file not (wholly) in the page cache: read it in a worker thread."""
-
-
-NOT_CACHED = _NotCached()
-
-
-def _read_files(
-    batch: _Batch, files: list[tuple[int, Path]], *, cached_only: bool = False
-) -> list[bytes | _NotCached | None]:
-    """Header + bytes of each file (None: the file is gone; NOT_CACHED: with
-    ``cached_only``, a file that a read would have to wait on the disk for).
+def _read_files(batch: _Batch, files: list[tuple[int, Path]]) -> list[bytes | None]:
+    """Header + bytes of each file (None: the file is gone).
 
     Each part is one pread and one concatenation: same-sized bytes objects reuse the
     allocator's freed memory, where one big zeroed buffer per batch page-faults afresh
     (measured slower)."""
-    return [
-        _read_file(batch.locations[i], path, batch.headers[i], cached_only=cached_only)
-        for i, path in files
-    ]
-
-
-def _read_file(
-    loc: InstanceLocation, path: Path, header: bytes, *, cached_only: bool
-) -> bytes | _NotCached | None:
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except FileNotFoundError:
-        return None
-    try:
-        size = os.fstat(fd).st_size
-        _check_size(loc, size)
-        if cached_only:
-            cached = pread_cached(fd, size, 0)
-            return NOT_CACHED if cached is None else header + cached
-        data = os.pread(fd, size, 0)
-        while len(data) < size:
-            more = os.pread(fd, size - len(data), len(data))
-            if not more:
-                raise CorruptBlob(f"{loc.sop_instance_uid}: blob shorter than its size")
-            data += more
-    finally:
-        os.close(fd)
-    return header + data
+    out: list[bytes | None] = []
+    for i, path in files:
+        loc = batch.locations[i]
+        try:
+            fd = os.open(path, os.O_RDONLY)
+        except FileNotFoundError:
+            out.append(None)
+            continue
+        try:
+            size = os.fstat(fd).st_size
+            _check_size(loc, size)
+            data = os.pread(fd, size, 0)
+            while len(data) < size:
+                more = os.pread(fd, size - len(data), len(data))
+                if not more:
+                    raise CorruptBlob(f"{loc.sop_instance_uid}: blob shorter than its size")
+                data += more
+        finally:
+            os.close(fd)
+        out.append(batch.headers[i] + data)
+    return out
 
 
 def _check_size(loc: InstanceLocation, size: int) -> None:
