@@ -132,6 +132,18 @@ async def tiered_archive(tier_settings: StorageSettings) -> AsyncIterator[Archiv
         await archive.close()
 
 
+def cold_store_args(endpoint: str, bucket: str) -> tuple[str, ...]:
+    """The ``arca`` options of a cold tier in ``bucket`` on the S3 server at ``endpoint``."""
+    return (
+        "--cold-store",
+        f"s3://{bucket}/cold",
+        "--s3-endpoint-url",
+        endpoint,
+        "--s3-region",
+        "us-east-1",
+    )
+
+
 @contextlib.contextmanager
 def moto_process(extra_env: dict[str, str] | None = None) -> Iterator[str]:
     """A moto S3 server in its own process on a free loopback port; yields its endpoint."""

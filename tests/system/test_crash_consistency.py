@@ -24,7 +24,7 @@ import pytest
 
 from tests.conftest import ArcaProcess, StartArca
 from tests.data import Series, ct_series, small_ct, uids_of
-from tests.storage_tiers.conftest import moto_process
+from tests.storage_tiers.conftest import cold_store_args, moto_process
 from tests.system.http import (
     instance_uids,
     retrieve_instance,
@@ -83,16 +83,7 @@ def storage_args(request: pytest.FixtureRequest) -> Iterator[tuple[str, ...]]:
         boto3.client("s3", endpoint_url=endpoint, region_name="us-east-1").create_bucket(
             Bucket=bucket
         )
-        yield (
-            "--cold-store",
-            f"s3://{bucket}/cold",
-            "--s3-endpoint-url",
-            endpoint,
-            "--s3-region",
-            "us-east-1",
-            "--write-through",
-            "true",
-        )
+        yield (*cold_store_args(endpoint, bucket), "--write-through", "true")
 
 
 def test_sigkill_during_stow_leaves_every_instance_whole_or_absent(

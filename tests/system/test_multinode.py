@@ -35,6 +35,7 @@ from pydicom.uid import generate_uid
 from tests.conftest import ArcaProcess, _track
 from tests.data import multipart_related, small_ct, stow_content_type, uids_of
 from tests.pg import fresh_database
+from tests.storage_tiers.conftest import cold_store_args
 
 S3_ENV = {
     "AWS_ACCESS_KEY_ID": "arca-multinode",
@@ -109,18 +110,7 @@ def shared_cluster(
 ) -> Iterator[Cluster]:
     """Both nodes, started once for the module (a start costs seconds on a loaded machine)."""
     endpoint, bucket = s3_endpoint
-    shared = (
-        "--index",
-        pg_index,
-        "--cold-store",
-        f"s3://{bucket}/cold",
-        "--s3-endpoint-url",
-        endpoint,
-        "--s3-region",
-        "us-east-1",
-        "--write-through",
-        "true",
-    )
+    shared = ("--index", pg_index, *cold_store_args(endpoint, bucket), "--write-through", "true")
     nodes = []
     for name in ("a", "b"):
         base = tmp_path_factory.mktemp(f"node-{name}")

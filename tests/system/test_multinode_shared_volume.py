@@ -24,6 +24,7 @@ from storage.archive import open_archive
 from storage.model import Tier
 from tests.conftest import ArcaProcess, _track
 from tests.data import multipart_related, small_ct, stow_content_type
+from tests.storage_tiers.conftest import cold_store_args
 from tests.system.test_multinode import (  # the same real PostgreSQL and moto fixtures
     S3_ENV,
     pg_index,
@@ -58,16 +59,7 @@ def nodes(
 ) -> Iterator[tuple[ArcaProcess, ArcaProcess, StorageSettings]]:
     endpoint, bucket = s3_endpoint
     volume = tmp_path_factory.mktemp("shared-hot-volume") / "data"
-    shared = (
-        "--index",
-        pg_index,
-        "--cold-store",
-        f"s3://{bucket}/cold",
-        "--s3-endpoint-url",
-        endpoint,
-        "--s3-region",
-        "us-east-1",
-    )
+    shared = ("--index", pg_index, *cold_store_args(endpoint, bucket))
     logs = tmp_path_factory.mktemp("logs")
     a = ArcaProcess(volume, logs / "a.log", shared, env=S3_ENV, ae_title="ARCA_A")
     b = ArcaProcess(volume, logs / "b.log", shared, env=S3_ENV, ae_title="ARCA_B")
