@@ -473,6 +473,8 @@ def _read_bulkdata(source: Path | io.BytesIO, path: str) -> bytes:
 
 async def open_archive(settings: StorageSettings, *, bulkdata_threshold: int = 1024) -> Archive:
     """Open (and migrate) the index and the hot tier described by ``settings``."""
+    if settings.write_through and not settings.cold_store:
+        raise ValueError("storage.write_through needs a cold tier (storage.cold_store)")
     url = settings.resolved_index_url
     write_engine = engine.create_engine(url, immediate=True)
     read_engine = engine.create_engine(url) if engine.is_sqlite(url) else write_engine

@@ -237,3 +237,8 @@ async def test_eviction_removes_stale_files_no_row_names(archive: Archive, tmp_p
     assert (report.stale_removed, report.copies_removed) == (1, 0)
     assert not stale.exists() and fresh.exists()
     assert len(_hot_files(archive, study.study_uid)) == 1
+
+
+async def test_write_through_without_a_cold_tier_is_refused(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="needs a cold tier"):
+        await open_archive(StorageSettings(data_dir=tmp_path, write_through=True))
