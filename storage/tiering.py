@@ -819,7 +819,7 @@ class TierManager:
             for study in sorted(local, key=lambda s: s.accessed):
                 if total <= goal:
                     break
-                if study not in chosen:
+                if study.accessed >= cutoff:  # (older ones are chosen already)
                     chosen.append(study)
                     total -= study.bytes
         removed = 0
