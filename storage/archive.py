@@ -36,6 +36,7 @@ from storage.hot import HotFilesystemStore
 from storage.index import engine, repository, results
 from storage.ingest import Analysis, prepare, remove_quietly
 from storage.ingest_commit import IngestCommitter
+from storage.location_cache import LocationCache
 from storage.metadata import resolve_bulkdata
 from storage.model import IngestOutcome, InstanceLocation, Tier
 from storage.prefetch import Prefetcher
@@ -172,6 +173,7 @@ class Archive:
         self._read = read_engine
         self._write = write_engine
         self._ingest_index = engine.IngestIndex(write_engine, sqlite_writer)
+        self._locations = LocationCache()
         # The cold tier and its policies (storage.tiering, storage.prefetch); None = hot only.
         self.cold = cold
         self.tiers: TierManager | None = None
@@ -246,6 +248,9 @@ class Archive:
         try:
             return await self._committer.commit(prepared)
         finally:
+            # New or replaced instances: the series' cached plans are out of date.
+            for analysis in prepared:
+                self._locations.forget_series(analysis.study_uid, analysis.series_uid)
             await self.discard(prepared)
 
     async def discard(self, prepared: Sequence[Analysis]) -> None:
@@ -278,12 +283,35 @@ class Archive:
     async def locate(
         self, study_uid: str, series_uid: str | None = None, sop_instance_uid: str | None = None
     ) -> list[InstanceLocation]:
+        if series_uid is not None and sop_instance_uid is not None:
+            return [await self._locate_instance(study_uid, series_uid, sop_instance_uid)]
         async with self._db(self._read) as conn:
             found = await repository.locate(conn, study_uid, series_uid, sop_instance_uid)
         if self.prefetcher is not None and series_uid is not None and sop_instance_uid is None:
             # A series retrieve (a viewer's first series): bring the rest of the study hot.
             self.prefetcher.request(study_uid)
         return found
+
+    async def _locate_instance(
+        self, study_uid: str, series_uid: str, sop_instance_uid: str
+    ) -> InstanceLocation:
+        """One instance's plan, from its series' plans loaded at once (storage.location_cache:
+        a viewer reads a series instance by instance)."""
+        hit = self._locations.get(study_uid, series_uid, sop_instance_uid)
+        if hit is not None:
+            return hit
+        async with self._db(self._read) as conn:
+            try:
+                in_series = await repository.locate(conn, study_uid, series_uid, None)
+            except NotFound:
+                in_series = []
+            self._locations.put_series(study_uid, series_uid, in_series)
+            for loc in in_series:
+                if loc.sop_instance_uid == sop_instance_uid:
+                    return loc
+            # Not there: the instance-level query raises the precise NotFound.
+            [found] = await repository.locate(conn, study_uid, series_uid, sop_instance_uid)
+            return found
 
     async def instance_metadata(
         self, study_uid: str, series_uid: str | None = None, sop_instance_uid: str | None = None
@@ -346,8 +374,10 @@ class Archive:
     async def delete(
         self, study_uid: str, series_uid: str | None = None, sop_instance_uid: str | None = None
     ) -> int:
+        self._locations.forget_study(study_uid)
         async with self._db(self._write, begin=True) as conn:
             blobs = await repository.delete_instances(conn, study_uid, series_uid, sop_instance_uid)
+        self._locations.forget_study(study_uid)  # (and what a read cached meanwhile)
         for tier, key in blobs:
             await self._delete_blob(tier, key)
         return len(blobs)
