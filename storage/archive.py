@@ -430,15 +430,13 @@ class Archive:
             after = page[-1][0]
             if progress is not None:
                 progress(checked, max(total, checked))
-        orphans: list[str] = []
         prefix = f"{study_uid}/" if study_uid is not None else ""
         keys = [key async for key in self.hot.iter_keys(prefix)]
-        for start in range(0, len(keys), 500):
-            chunk = keys[start : start + 500]
-            named = await self._ingest_index.run(
-                functools.partial(repository.named_blobs, blob_keys=chunk), write=False
-            )
-            orphans += [key for key in chunk if key not in named]
+        # (named_blobs looks the keys up 500 per query)
+        named = await self._ingest_index.run(
+            functools.partial(repository.named_blobs, blob_keys=keys), write=False
+        )
+        orphans = [key for key in keys if key not in named]
         return VerifyReport(checked, sorted(missing), sorted(corrupt), orphans, sorted(bad_cache))
 
     # -- tiers (storage.tiering) --------------------------------------------------------

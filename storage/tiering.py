@@ -798,9 +798,7 @@ class TierManager:
         moment = (now or _now()).timestamp()
         local = await asyncio.to_thread(_cached_studies, self.hot.root)
         keys = [key for study in local for key, _, _ in study.files]
-        tier_of: dict[str, tuple[int, str]] = {}
-        for start in range(0, len(keys), _LOOKUP_BATCH):
-            tier_of.update(await self._rows_of(keys[start : start + _LOOKUP_BATCH]))
+        tier_of = await self._rows_of(keys)
         stale = [
             key
             for study in local
@@ -882,13 +880,11 @@ class TierManager:
             # This node's hot files (bounded by its disk), not every row of the index.
             local = await asyncio.to_thread(_cached_studies, self.hot.root)
             stale = [key for s in local for key, _size, mtime in s.files if mtime <= horizon]
-            for start in range(0, len(stale), _LOOKUP_BATCH):
-                chunk = stale[start : start + _LOOKUP_BATCH]
-                for key, (row_id, tier) in (await self._rows_of(chunk)).items():
-                    if tier == Tier.COLD.value and await self._delete_if_row_is(
-                        row_id, key, Tier.COLD, Tier.HOT
-                    ):
-                        report.hot_copies_removed.append(key)
+            for key, (row_id, tier) in (await self._rows_of(stale)).items():
+                if tier == Tier.COLD.value and await self._delete_if_row_is(
+                    row_id, key, Tier.COLD, Tier.HOT
+                ):
+                    report.hot_copies_removed.append(key)
 
         removed = await asyncio.to_thread(_clean_spool, self.spool_dir, horizon)
         if report.hot_copies_removed or report.cold_copies_removed or removed:
@@ -906,18 +902,21 @@ class TierManager:
         )
 
     async def _rows_of(self, keys: list[str]) -> dict[str, tuple[int, str]]:
-        """Blob key -> (row id, tier) of the rows that name ``keys`` (one query)."""
-        if not keys:
-            return {}
-        async with self._db(self._read) as conn:
-            rows = (
-                await conn.execute(
-                    select(instances.c.id, instances.c.blob_key, instances.c.tier).where(
-                        instances.c.blob_key.in_(keys)
+        """Blob key -> (row id, tier) of the rows that name ``keys`` (a query per
+        _LOOKUP_BATCH keys)."""
+        found: dict[str, tuple[int, str]] = {}
+        for start in range(0, len(keys), _LOOKUP_BATCH):
+            chunk = keys[start : start + _LOOKUP_BATCH]
+            async with self._db(self._read) as conn:
+                rows = (
+                    await conn.execute(
+                        select(instances.c.id, instances.c.blob_key, instances.c.tier).where(
+                            instances.c.blob_key.in_(chunk)
+                        )
                     )
-                )
-            ).all()
-        return {str(k): (int(i), str(t)) for i, k, t in rows}
+                ).all()
+            found.update({str(k): (int(i), str(t)) for i, k, t in rows})
+        return found
 
     async def _delete_if_row_is(self, row_id: int, key: str, named: Tier, copy: Tier) -> bool:
         async with self._db(self._write, begin=True) as conn:

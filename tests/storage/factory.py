@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import itertools
+import warnings
+from collections.abc import Callable
 from pathlib import Path
 
+from pydicom.data import get_testdata_files
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 
@@ -86,3 +89,21 @@ def write_bare(ds: Dataset, directory: Path) -> Path:
     bare.preamble = None
     bare.save_as(path, implicit_vr=True, little_endian=True)
     return path
+
+
+def renderable_corpus(renders: Callable[[Path], object]) -> list[Path]:
+    """The pydicom wheel's and pydicom-data's test files (up to 2 MB) for which
+    ``renders(path)`` succeeds: not every one is a data set pydicom can render."""
+    found: list[Path] = []
+    for name in sorted(get_testdata_files("*")):
+        path = Path(name)
+        if path.suffix.lower() not in (".dcm", "") or path.stat().st_size > 2_000_000:
+            continue
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            try:
+                renders(path)
+            except Exception:
+                continue
+        found.append(path)
+    return found

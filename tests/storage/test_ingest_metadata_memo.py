@@ -11,28 +11,20 @@ from typing import Any
 
 import pydicom
 import pytest
-from pydicom.data import get_testdata_files
 
 from storage import metadata
 from storage.ingest import _columns
 from storage.metadata import dataset_to_json
+from tests.storage.factory import renderable_corpus
+
+
+def _renders(path: Path) -> None:
+    ds = pydicom.dcmread(path, defer_size=1024, force=True)
+    dataset_to_json(ds, threshold=1024, uri_prefix="p")
 
 
 def _corpus() -> list[Path]:
-    found: list[Path] = []
-    for name in sorted(get_testdata_files("*")):
-        path = Path(name)
-        if path.suffix.lower() not in (".dcm", "") or path.stat().st_size > 2_000_000:
-            continue
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            try:
-                ds = pydicom.dcmread(path, defer_size=1024, force=True)
-                dataset_to_json(ds, threshold=1024, uri_prefix="p")  # renders at all?
-            except Exception:  # not every corpus file is a data set pydicom can render
-                continue
-        found.append(path)
-    return found
+    return renderable_corpus(_renders)
 
 
 def _render(path: Path) -> dict[str, Any]:

@@ -13,7 +13,6 @@ from typing import Any
 
 import pydicom
 import pytest
-from pydicom.data import get_testdata_files
 from pydicom.dataelem import DataElement, RawDataElement, convert_raw_data_element
 from pydicom.dataset import Dataset
 from pydicom.tag import Tag
@@ -39,6 +38,7 @@ from storage.metadata import (
     dataset_to_json,
     split_levels,
 )
+from tests.storage.factory import renderable_corpus
 
 THRESHOLD = 1024
 
@@ -86,19 +86,7 @@ def _reference_json(ds: Dataset, uri_prefix: str, path: tuple[str, ...] = ()) ->
 
 
 def _corpus() -> list[Path]:
-    found: list[Path] = []
-    for name in sorted(get_testdata_files("*")):
-        path = Path(name)
-        if path.suffix.lower() not in (".dcm", "") or path.stat().st_size > 2_000_000:
-            continue
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            try:
-                _reference_json(_read(path), "p")
-            except Exception:  # not every corpus file is a data set pydicom can render
-                continue
-        found.append(path)
-    return found
+    return renderable_corpus(lambda path: _reference_json(_read(path), "p"))
 
 
 @pytest.fixture(scope="module")
