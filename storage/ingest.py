@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import io
 import json
 import os
 import struct
@@ -111,14 +112,27 @@ def _reject(failure: StowFailure, message: str) -> IngestRejected:
     return IngestRejected(failure, message)
 
 
-def hash_file(path: Path) -> tuple[int, str]:
+PARSE_IN_MEMORY = 16 * 1024 * 1024
+"""Objects up to this size are read once into memory, hashed and parsed from there. pydicom
+reading from a file makes hundreds of small seek/read calls per header, and each one lets
+another thread take the GIL: with several parts preparing at once the threads spent more
+time handing the GIL over than parsing. Larger objects (multi-frame, WSI) are hashed in
+chunks and parsed from the file with their large values deferred, as before."""
+
+
+def _read_for_parsing(path: Path) -> tuple[int, str, Path | io.BytesIO]:
+    """Size, SHA-256 and what to parse: the bytes themselves when the object is small."""
     digest = hashlib.sha256()
-    size = 0
     with open(path, "rb") as fh:
+        head = fh.read(PARSE_IN_MEMORY + 1)
+        digest.update(head)
+        if len(head) <= PARSE_IN_MEMORY:
+            return len(head), digest.hexdigest(), io.BytesIO(head)
+        size = len(head)
         while chunk := fh.read(1 << 20):
             digest.update(chunk)
             size += len(chunk)
-    return size, digest.hexdigest()
+    return size, digest.hexdigest(), path
 
 
 def prepare(
@@ -149,14 +163,14 @@ def analyze(
 ) -> Analysis:
     """Read ``path`` once; raise IngestRejected for objects that must not be stored."""
     try:
-        size, sha256 = hash_file(path)
+        size, sha256, source = _read_for_parsing(path)
     except OSError as exc:
         # The spooled file is ours: failing to read it is the archive's problem, not the
         # sender's.
         raise StoreUnavailable(f"cannot read the incoming object: {exc}") from exc
     try:
         # force: a bare data set (no preamble/File Meta, e.g. a C-STORE payload) is accepted.
-        ds = dcmread(path, defer_size=max(bulkdata_threshold, 256), force=True)
+        ds = dcmread(source, defer_size=max(bulkdata_threshold, 256), force=True)
     except (InvalidDicomError, EOFError, ValueError, struct.error, OSError, KeyError) as exc:
         raise _reject(StowFailure.CANNOT_UNDERSTAND, f"not a DICOM object: {exc}") from exc
     except Exception as exc:  # pydicom raises many types on garbage; all mean "cannot parse"

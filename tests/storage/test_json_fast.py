@@ -27,7 +27,6 @@ from storage.ingest import (
     _frames,
     _transfer_syntax,
     analyze,
-    hash_file,
 )
 from storage.json_fast import FAST_VRS, render_raw
 from storage.metadata import (
@@ -283,7 +282,7 @@ def _reference_analysis(path: Path) -> dict[str, Any]:
     """storage.ingest.analyze's results as it made them before json_fast: identity checks and
     frames first, then the metadata and the index columns through pydicom alone."""
     try:
-        size, _ = hash_file(path)
+        size = path.stat().st_size
         ds = _read(path)
         if len(ds) == 0:
             return {"rejected": "empty"}
