@@ -109,6 +109,10 @@ OPTIONS: tuple[Option, ...] = (
            "--accept-unknown-aes",
            "associations from AEs not in --remote-ae: always, never or loopback (default)",
            metavar="WHEN"),
+    Option("ingest_workers", "storage.ingest_workers", "ARCA_INGEST_WORKERS",
+           "--ingest-workers",
+           "processes that parse and check incoming objects (default 2, 0 = in the server "
+           "process)", metavar="N"),
     Option("transcoding_workers", "transcoding.workers", "ARCA_TRANSCODING_WORKERS",
            "--transcoding-workers", "codec worker processes (default 0 = one per core)",
            metavar="N"),
@@ -203,6 +207,7 @@ def validate(settings: Settings) -> None:
         )
     for name, number in (
         ("transcoding.workers", settings.transcoding.workers),
+        ("storage.ingest_workers", settings.storage.ingest_workers),
         ("transcoding.cache_bytes", settings.transcoding.cache_bytes),
         ("transcoding.job_timeout", settings.transcoding.job_timeout),
         ("http.bulkdata_threshold", settings.http.bulkdata_threshold),

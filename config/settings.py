@@ -94,6 +94,10 @@ class StorageSettings:
     """Store every new instance in the cold tier, verified, before it is acknowledged, and
     keep the hot tier as this node's cache of cold blobs (the index never names a node's
     disk). For several nodes that do not share one ``data_dir``; needs ``cold_store``."""
+    ingest_workers: int = 2
+    """Worker processes that prepare incoming objects (STOW-RS, C-STORE, ``arca import``):
+    hash, parse, check and render their metadata on other cores than the server's event
+    loop; 0 = in the server process's threads."""
     migrate_after_days: int = 30
     """Studies not accessed for this many days move to the cold tier."""
     hot_high_watermark_bytes: int | None = None

@@ -45,6 +45,7 @@ SERVE_OPTIONS = (
     "remote_ae",
     "accept_unknown_aes",
     "overwrite_policy",
+    "ingest_workers",
     "transcoding_workers",
     "transcoding_job_timeout",
     "prefetch_pretranscode",

@@ -36,6 +36,7 @@ from storage.hot import HotFilesystemStore
 from storage.index import engine, repository, results
 from storage.ingest import Analysis, prepare, remove_quietly
 from storage.ingest_commit import IngestCommitter
+from storage.ingest_workers import IngestWorkers
 from storage.location_cache import LocationCache
 from storage.metadata import resolve_bulkdata
 from storage.model import IngestOutcome, InstanceLocation, Tier
@@ -166,8 +167,11 @@ class Archive:
         bulkdata_threshold: int,
         cold: S3BlobStore | None = None,
         sqlite_writer: Engine | None = None,
+        ingest_workers: IngestWorkers | None = None,
     ) -> None:
         self.settings = settings
+        self.ingest_workers = ingest_workers
+        """Worker processes that prepare incoming objects; None = the server's threads."""
         self.hot = hot
         self.bulkdata_threshold = bulkdata_threshold
         self._read = read_engine
@@ -198,6 +202,8 @@ class Archive:
             self.tiers.cold_read_hook = self.prefetcher.on_cold_read
 
     async def close(self) -> None:
+        if self.ingest_workers is not None:
+            self.ingest_workers.close()
         await self.stop_tiering()
         if self.prefetcher is not None:
             await self.prefetcher.close()
@@ -236,13 +242,16 @@ class Archive:
         return result
 
     async def prepare(self, path: Path, *, expected_study_uid: str | None = None) -> Analysis:
-        return await asyncio.to_thread(
+        job = functools.partial(
             prepare,
             path,
             bulkdata_threshold=self.bulkdata_threshold,
             bulkdata_base=BULKDATA_BASE,
             expected_study_uid=expected_study_uid,
         )
+        if self.ingest_workers is not None:
+            return await self.ingest_workers.run(job)
+        return await asyncio.to_thread(job)
 
     async def commit(self, prepared: Sequence[Analysis]) -> list[IngestOutcome | StorageError]:
         try:
@@ -535,6 +544,9 @@ async def open_archive(settings: StorageSettings, *, bulkdata_threshold: int = 1
         bulkdata_threshold=bulkdata_threshold,
         cold=cold,
         sqlite_writer=sqlite_writer,
+        ingest_workers=IngestWorkers(settings.ingest_workers)
+        if settings.ingest_workers > 0
+        else None,
     )
 
 

@@ -42,6 +42,10 @@ class IngestRejected(StorageError):
         self.failure = failure
         self.message = message
 
+    def __reduce__(self) -> tuple[type[IngestRejected], tuple[StowFailure, str]]:
+        # Raised in ingest worker processes (storage.ingest_workers) and pickled back.
+        return (type(self), (self.failure, self.message))
+
 
 class DuplicateInstance(IngestRejected):
     """A different object with this SOPInstanceUID is stored and the policy is REJECT."""

@@ -1,14 +1,18 @@
-"""A server that dies leaves no process behind: its codec workers, their forkserver and the
-multiprocessing resource tracker all end with it, however it ends (SIGKILL runs no clean-up)."""
+"""A server that dies leaves no process behind: its codec workers, its ingest workers, their
+forkserver and the multiprocessing resource tracker all end with it, however it ends (SIGKILL
+runs no clean-up)."""
 
 from __future__ import annotations
 
 import time
 from pathlib import Path
 
+import httpx
 import pytest
 
 from tests.conftest import ArcaProcess, StartArca
+from tests.data import small_ct
+from tests.system.http import stow
 
 pytestmark = pytest.mark.slow
 
@@ -50,20 +54,23 @@ def _alive(pids: set[int]) -> set[int]:
 
 
 def _started_pool(arca: ArcaProcess, workers: int) -> set[int]:
-    """The server's descendants once the codec pool is up: forkserver, tracker, workers."""
+    """The server's descendants once its pools are up: forkserver, tracker, workers."""
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:
         found = _descendants(arca.pid)
         if len(found) >= workers + 2:
             return found
         time.sleep(0.2)
-    pytest.fail(f"the codec pool did not start: descendants {_descendants(arca.pid)}")
+    pytest.fail(f"the worker pools did not start: descendants {_descendants(arca.pid)}")
 
 
 @pytest.mark.parametrize("how", ["SIGKILL", "SIGTERM"])
 def test_no_process_outlives_the_server(start_arca: StartArca, how: str) -> None:
-    arca = start_arca("--no-dimse", "--transcoding-workers", "2")
-    pool = _started_pool(arca, workers=2)
+    arca = start_arca("--no-dimse", "--transcoding-workers", "2", "--ingest-workers", "2")
+    # The ingest workers start with the first stored object.
+    with httpx.Client(timeout=60) as client:
+        assert stow(client, arca.dicomweb_url, [small_ct()]).status_code == 200
+    pool = _started_pool(arca, workers=4)
     if how == "SIGKILL":
         arca.kill()
     else:
