@@ -112,6 +112,10 @@ def create_app(settings: Settings) -> Starlette:
             "transcoding": dataclasses.asdict(runtime.transcoder.stats)
             if runtime.transcoder
             else None,
+            # Ingest worker processes (ready, objects prepared in the server process, rebuilds).
+            "ingest_workers": runtime.archive.ingest_workers.stats()
+            if runtime.archive and runtime.archive.ingest_workers
+            else None,
             # Background pre-transcoding of studies (queued, done, jobs in the pool, peak).
             "pretranscode": dataclasses.asdict(runtime.pretranscoder.stats)
             if runtime.pretranscoder
@@ -161,6 +165,9 @@ async def _start_components(
     runtime.archive = archive
     # Placement policy between hot and cold tiers; a no-op without a cold tier.
     archive.start_tiering()
+    if archive.ingest_workers is not None:
+        # A server's first objects should not wait for worker processes (in the background).
+        archive.ingest_workers.start()
 
     transcoder = Transcoder(settings.transcoding, cache_dir=settings.storage.data_dir / "cache")
     stack.push_async_callback(transcoder.aclose)

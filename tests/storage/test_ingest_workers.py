@@ -87,13 +87,23 @@ async def test_a_rejection_comes_back_with_its_reason(
     assert (there.value.failure, there.value.message) == (here.value.failure, here.value.message)
 
 
-async def test_a_dead_worker_costs_no_object(workers: IngestWorkers, tmp_path: Path) -> None:
+async def test_a_dead_worker_costs_no_object(tmp_path: Path) -> None:
+    workers = IngestWorkers(1)
+    try:
+        await _a_dead_worker_costs_no_object(workers, tmp_path)
+    finally:
+        workers.close()
+
+
+async def _a_dead_worker_costs_no_object(workers: IngestWorkers, tmp_path: Path) -> None:
     await _until_ready(workers, tmp_path)
-    for pid in workers.worker_pids():
-        os.kill(pid, signal.SIGKILL)
+    [pid] = workers.worker_pids()
+    os.kill(pid, signal.SIGKILL)
+    before = workers.in_process
     analysis = await workers.run(_job(_object(tmp_path, "c.dcm")))
-    assert analysis.sop_uid
+    assert analysis == _job(tmp_path / "c.dcm")()
     assert workers.rebuilds == 1
+    assert workers.in_process == before + 1
     # The next objects go to a new pool once it is up.
     await _until_ready(workers, tmp_path)
     before = workers.in_process
