@@ -90,10 +90,13 @@ def parse(argv: list[str]) -> Options:
 def pick_servers(opts: Options, workdir: Path, dest_port: int, log: Bench) -> list[servers.Server]:
     chosen: list[servers.Server] = []
     if "arca" in opts.servers:
-        if servers.arca_available():
+        why = servers.arca_unavailable()
+        if why is None:
             chosen.append(servers.ArcaServer(workdir / "arca", dest_port))
         else:
-            log.note("arca: `arca serve` is not available in this checkout; measured Orthanc only")
+            log.note(
+                f"arca: `arca serve` cannot run from this checkout ({why}); measured Orthanc only"
+            )
     if "orthanc" in opts.servers:
         try:
             servers.ensure_orthanc()

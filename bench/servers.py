@@ -287,10 +287,14 @@ class ArcaServer(Server):
         return f"arca @ {rev}" if rev else "arca"
 
 
-def arca_available() -> bool:
-    """True when this checkout has an ``arca serve`` to run."""
-    arca = Path(sys.executable).with_name("arca")
-    if not arca.exists():
-        return False
-    out = subprocess.run([str(arca), "serve", "--help"], capture_output=True, check=False)
-    return out.returncode == 0
+def arca_unavailable() -> str | None:
+    """Why this checkout's ``arca serve`` cannot run (the command ArcaServer runs), or None."""
+    try:
+        out = subprocess.run(
+            [*ARCA, "serve", "--help"], cwd=CHECKOUT, capture_output=True, text=True, timeout=120
+        )
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        return str(exc)
+    if out.returncode != 0:
+        return f"exit {out.returncode}: {out.stderr.strip()[-500:]}"
+    return None

@@ -81,7 +81,7 @@ class IngestWorkers:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._all: list[_Worker] = []
         self._idle: list[_Worker] = []
-        self._waiting: collections.deque[asyncio.Future[_Worker]] = collections.deque()
+        self._waiting: collections.deque[asyncio.Future[_Worker | None]] = collections.deque()
         """Jobs waiting for an idle worker, oldest first."""
         self._starting = 0
         self._closed = False
@@ -139,7 +139,7 @@ class IngestWorkers:
         while self._waiting:
             waiter = self._waiting.popleft()
             if not waiter.done():
-                waiter.cancel()
+                waiter.set_result(None)  # no worker will come: prepared in the server
 
     def worker_pids(self) -> set[int]:
         """The live workers' process ids (tests)."""
@@ -253,13 +253,14 @@ class IngestWorkers:
         if not self._all:
             return None
         assert self._loop is not None
-        waiter: asyncio.Future[_Worker] = self._loop.create_future()
+        waiter: asyncio.Future[_Worker | None] = self._loop.create_future()
         self._waiting.append(waiter)
         try:
             return await waiter
         except asyncio.CancelledError:
-            if waiter.done() and not waiter.cancelled():
-                self._release(waiter.result())  # handed over just as we were cancelled
+            handed = waiter.result() if waiter.done() and not waiter.cancelled() else None
+            if handed is not None:
+                self._release(handed)  # handed over just as we were cancelled
             raise
 
     def _release(self, worker: _Worker) -> None:

@@ -44,7 +44,7 @@ def test_harness_tiny_run_measures_every_http_figure(tmp_path: Path) -> None:
     for key in HTTP_FIGURES:
         arca = figures[key]["servers"]["arca"]
         assert arca["errors"] == [], f"{key}: {arca['errors']}"
-        assert arca["median"] is not None and arca["median"] > 0, key
+        assert arca["median"] is not None and arca["median"] > 0, (key, result["meta"]["notes"])
     if "orthanc" in servers:
         assert figures["wado_native"]["servers"]["orthanc"]["median"] > 0
         assert figures["wado_native"]["ratio_arca_over_orthanc"] is not None

@@ -109,3 +109,21 @@ async def _a_dead_worker_costs_no_object(workers: IngestWorkers, tmp_path: Path)
     before = workers.in_process
     await workers.run(_job(_object(tmp_path, "d.dcm")))
     assert workers.in_process == before
+
+
+async def test_more_objects_than_workers_wait_for_one(
+    workers: IngestWorkers, tmp_path: Path
+) -> None:
+    await _until_ready(workers, tmp_path)
+    before = workers.in_process
+    paths = [_object(tmp_path, f"many{i}.dcm") for i in range(8)]
+    # One caller gives up while it waits: its worker must serve the others all the same.
+    gave_up = asyncio.ensure_future(workers.run(_job(paths[0])))
+    results = asyncio.gather(*(workers.run(_job(p)) for p in paths[1:]))
+    await asyncio.sleep(0)
+    gave_up.cancel()
+    done = await results
+    assert workers.in_process == before
+    assert [a.sop_uid for a in done] == [_job(p)().sop_uid for p in paths[1:]]
+    with pytest.raises(asyncio.CancelledError):
+        await gave_up
