@@ -112,6 +112,10 @@ class IngestWorkers:
             task.add_done_callback(_consume)
 
     async def run(self, job: Job) -> Analysis:
+        if self._loop is not None and asyncio.get_running_loop() is not self._loop:
+            # The workers' sockets belong to the loop that started them (the server's).
+            self.in_process += 1
+            return await asyncio.to_thread(job)
         self.start()
         if self.ready:
             worker = await self._take()

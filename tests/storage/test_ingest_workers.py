@@ -127,3 +127,16 @@ async def test_more_objects_than_workers_wait_for_one(
     assert [a.sop_uid for a in done] == [_job(p)().sop_uid for p in paths[1:]]
     with pytest.raises(asyncio.CancelledError):
         await gave_up
+
+
+def test_another_event_loop_prepares_in_its_own_threads(tmp_path: Path) -> None:
+    """The workers are driven by the loop that started them; another loop is not refused."""
+    workers = IngestWorkers(1)
+    try:
+        asyncio.run(_until_ready(workers, tmp_path))
+        before = workers.in_process
+        analysis = asyncio.run(workers.run(_job(_object(tmp_path, "other.dcm"))))
+        assert analysis.sop_uid
+        assert workers.in_process == before + 1
+    finally:
+        workers.close()
