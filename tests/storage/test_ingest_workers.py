@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from conformance.statuses import StowFailure
-from storage.errors import IngestRejected
+from storage.errors import IngestRejected, StoreUnavailable
 from storage.ingest import Analysis, prepare
 from storage.ingest_workers import IngestWorkers
 from tests.data import small_ct
@@ -140,3 +140,19 @@ def test_another_event_loop_prepares_in_its_own_threads(tmp_path: Path) -> None:
         assert workers.in_process == before + 1
     finally:
         workers.close()
+
+
+async def test_a_storage_error_in_a_worker_comes_back_as_itself(
+    workers: IngestWorkers, tmp_path: Path
+) -> None:
+    """The archive's own errors (here: the spooled file vanished) keep their type, so the
+    STOW-RS / C-STORE answer is the same as when the server prepares the object itself."""
+    await _until_ready(workers, tmp_path)
+    before = workers.in_process
+    gone = tmp_path / "gone.dcm"
+    with pytest.raises(StoreUnavailable) as here:
+        _job(gone)()
+    with pytest.raises(StoreUnavailable) as there:
+        await workers.run(_job(gone))
+    assert workers.in_process == before
+    assert str(there.value) == str(here.value)

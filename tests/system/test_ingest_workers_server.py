@@ -33,8 +33,12 @@ def test_parts_are_prepared_in_the_workers(start_arca: StartArca) -> None:
         assert before == {"workers": 2, "ready": True, "prepared_in_process": 0, "rebuilds": 0}
         study = "1.2.826.0.1.3680043.8.498.4242"
         parts = [small_ct(study_uid=study, instance_number=i) for i in range(12)]
-        r = stow(client, arca.dicomweb_url, parts)
-        assert r.status_code == 200, r.text
+        # One part that is no DICOM object: its rejection comes back from a worker.
+        r = stow(client, arca.dicomweb_url, [*parts[:6], b"not a DICOM object" * 20, *parts[6:]])
+        assert r.status_code == 202, r.text
+        failed = r.json()["00081198"]["Value"]  # FailedSOPSequence (PS3.18 §10.5.3)
+        assert [item["00081197"]["Value"] for item in failed] == [[0xC000]]  # FailureReason
+        assert len(r.json()["00081199"]["Value"]) == 12  # ReferencedSOPSequence
         after = _health(client, arca.base_url)["ingest_workers"]
         assert after == before, "parts were prepared in the server process"
         assert instance_uids(client, arca.dicomweb_url, study) == {uids_of(p)[2] for p in parts}
