@@ -124,11 +124,12 @@ def _read_for_parsing(path: Path) -> tuple[int, str, Path | io.BytesIO]:
     """Size, SHA-256 and what to parse: the bytes themselves when the object is small."""
     digest = hashlib.sha256()
     with open(path, "rb") as fh:
-        head = fh.read(PARSE_IN_MEMORY + 1)
-        digest.update(head)
-        if len(head) <= PARSE_IN_MEMORY:
-            return len(head), digest.hexdigest(), io.BytesIO(head)
-        size = len(head)
+        if os.fstat(fh.fileno()).st_size <= PARSE_IN_MEMORY:
+            # read() sizes its one buffer from the file's size (read(N) would allocate N).
+            data = fh.read()
+            digest.update(data)
+            return len(data), digest.hexdigest(), io.BytesIO(data)
+        size = 0
         while chunk := fh.read(1 << 20):
             digest.update(chunk)
             size += len(chunk)

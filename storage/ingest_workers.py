@@ -301,7 +301,10 @@ def _serve(sock: socket.socket, server_pid: int) -> None:
     _exit_with(server_pid)
     import storage.ingest  # noqa: F401  (pydicom and the rest, before saying ready)
 
-    sock.sendall(_frame(("ready", os.getpid())))
+    try:
+        sock.sendall(_frame(("ready", os.getpid())))
+    except OSError:
+        return  # the server closed the pool while this worker started
     with sock.makefile("rb") as incoming:
         while True:
             header = incoming.read(_FRAME.size)
