@@ -307,11 +307,14 @@ def _serve(sock: socket.socket, server_pid: int) -> None:
         return  # the server closed the pool while this worker started
     with sock.makefile("rb") as incoming:
         while True:
-            header = incoming.read(_FRAME.size)
-            if len(header) < _FRAME.size:
-                return  # the server closed the pool
-            (length,) = _FRAME.unpack(header)
-            job = pickle.loads(incoming.read(length))  # from the server that started us
+            try:
+                header = incoming.read(_FRAME.size)
+                if len(header) < _FRAME.size:
+                    return  # the server closed the pool
+                (length,) = _FRAME.unpack(header)
+                job = pickle.loads(incoming.read(length))  # from the server that started us
+            except OSError:
+                return
             try:
                 answer: tuple[str, Any] = ("ok", job())
             except Exception as exc:
