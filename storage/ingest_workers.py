@@ -6,8 +6,8 @@ rest of a STOW-RS body or the next C-STORE; in worker processes it runs on anoth
 worker gets the spooled file's path and returns the :class:`~storage.ingest.Analysis`
 (strings and numbers, tens of KB pickled), or the IngestRejected that says why not.
 
-- Each worker is one process on one pipe, driven from the event loop itself: the loop writes
-  the job (a few hundred bytes) and reads the answer when the pipe is readable. No thread of
+- Each worker is one process on one socket, driven from the event loop itself: the loop writes
+  the job (a few hundred bytes) and reads the answer when the socket is readable. No thread of
   the server is involved, so handing a job over never waits for the GIL (a
   ``ProcessPoolExecutor`` moves every job and answer through two threads of its own).
 - The workers start in the background when ``arca serve`` starts (elsewhere, e.g. ``arca
@@ -112,13 +112,11 @@ class IngestWorkers:
             task.add_done_callback(_consume)
 
     async def run(self, job: Job) -> Analysis:
-        if self._loop is not None and asyncio.get_running_loop() is not self._loop:
-            # The workers' sockets belong to the loop that started them (the server's).
-            self.in_process += 1
-            return await asyncio.to_thread(job)
-        self.start()
-        if self.ready:
-            worker = await self._take()
+        # The workers' sockets belong to the loop that started them (the server's); a call
+        # from another loop is prepared here.
+        if self._loop is None or asyncio.get_running_loop() is self._loop:
+            self.start()
+            worker = await self._take() if self.ready else None
             if worker is not None:
                 try:
                     return await self._submit(worker, job)
@@ -196,11 +194,11 @@ class IngestWorkers:
             (length,) = _FRAME.unpack_from(buffer)
             if len(buffer) < _FRAME.size + length:
                 return  # the rest of this answer is still on its way
-            payload = bytes(buffer[_FRAME.size : _FRAME.size + length])
+            payload = buffer[_FRAME.size : _FRAME.size + length]
             del buffer[: _FRAME.size + length]
             self._answered(worker, payload)
 
-    def _answered(self, worker: _Worker, payload: bytes) -> None:
+    def _answered(self, worker: _Worker, payload: bytearray) -> None:
         try:
             kind, value = pickle.loads(payload)  # from our own worker process
         except Exception as exc:  # an answer that does not unpickle: that job failed
@@ -339,7 +337,7 @@ def _exit_with(server_pid: int) -> None:
     except ProcessLookupError:
         os._exit(0)  # the server ended before this worker started
     except (AttributeError, OSError):
-        return  # no pidfd here (not Linux): the server closing the pipe still ends the worker
+        return  # no pidfd here (not Linux): the server closing the socket still ends the worker
 
     def wait() -> None:
         select.select([pidfd], [], [])
