@@ -198,7 +198,13 @@ def main(argv: list[str]) -> int:
     out: dict[str, object]
     try:
         t = get(url, accept)
-        out = {"ok": True, "parts": t.parts, "bytes": t.nbytes, "seconds": t.seconds}
+        out = {
+            "ok": True,
+            "parts": t.parts,
+            "bytes": t.nbytes,
+            "seconds": t.seconds,
+            "first_byte": t.first_byte,
+        }
     except BenchHTTPError as exc:
         out = {"ok": False, "error": str(exc)}
     print(json.dumps(out))

@@ -12,8 +12,9 @@ single-series study per cold series index, for the scenarios that use them): arc
 pre-transcodes the rest of a study after a transcoded series retrieve (issue #5), so a cold
 series that shared the retrieve study with the one read before it would no longer be cold.
 Their index in the retrieve study is kept, so ``j2k_cold(k)`` etc. still name them. The
-"pre-transcoded" figure gets R fresh two-series studies (``pairs``): series 0 is read as
-JPEG 2000 first (untimed), series 1 is the measured one.
+"pre-transcoded" figures get R fresh two-series studies each (``pairs`` on loopback,
+``remote_pairs`` for the remote site): series 0 is read as JPEG 2000 first (untimed), series 1
+is the measured one.
 """
 
 from __future__ import annotations
@@ -36,6 +37,8 @@ class Plan:
     """Retrieve-series index → its own single-series study (transcoded figures)."""
     pairs: list[SeriesSet] = field(default_factory=list)
     """Per repetition, a two-series study for the pre-transcoded JPEG 2000 figure."""
+    remote_pairs: list[SeriesSet] = field(default_factory=list)
+    """The same for the remote site's pre-transcoded JPEG 2000 figure."""
 
     @classmethod
     def make(cls, root: Path, n: int, r: int, m: int, only: tuple[str, ...]) -> Plan:
@@ -63,17 +66,9 @@ class Plan:
                 root, f"solo-n{n}-{i}", n, seed=300 + i, patient_id=f"BENCHT{i:03d}"
             )
         if "wado" in only:
-            plan.pairs.extend(
-                generate(
-                    root,
-                    f"pair-n{n}-{k}",
-                    2 * n,
-                    series=2,
-                    seed=400 + k,
-                    patient_id=f"BENCHP{k:03d}",
-                )
-                for k in range(r)
-            )
+            plan.pairs.extend(_pair(root, n, k, "pair", 400, "BENCHP") for k in range(r))
+        if "remote" in only:
+            plan.remote_pairs.extend(_pair(root, n, k, "rpair", 500, "BENCHR") for k in range(r))
         return plan
 
     def series_ref(self, index: int) -> tuple[str, str]:
@@ -86,7 +81,7 @@ class Plan:
 
     def extra_sets(self) -> list[SeriesSet]:
         """The studies loaded besides the retrieve and metadata studies."""
-        return [*self.solo.values(), *self.pairs]
+        return [*self.solo.values(), *self.pairs, *self.remote_pairs]
 
     def series(self, index: int) -> tuple[str, list[str]]:
         """(SeriesInstanceUID, its SOPInstanceUIDs) of retrieve series ``index``."""
@@ -114,5 +109,13 @@ class Plan:
             f"series ({gb:.2f} GB), metadata study {len(self.metadata)} instances, "
             f"{len(self.stow_sets)}+{len(self.cstore_sets)} ingest sets of {self.instances}, "
             f"{len(self.solo)} single-series studies for transcoded figures, "
-            f"{len(self.pairs)} two-series studies for the pre-transcoded figure"
+            f"{len(self.pairs) + len(self.remote_pairs)} two-series studies for the "
+            "pre-transcoded figures"
         )
+
+
+def _pair(root: Path, n: int, k: int, name: str, seed: int, patient: str) -> SeriesSet:
+    """Repetition ``k``'s two-series study of ``n`` slices each (pre-transcoded figures)."""
+    return generate(
+        root, f"{name}-n{n}-{k}", 2 * n, series=2, seed=seed + k, patient_id=f"{patient}{k:03d}"
+    )

@@ -244,6 +244,14 @@ def figures() -> dict[str, Figure]:
             target="≥100 (≥90% link)",
             check=_remote_j2k,
         ),
+        Figure(
+            "remote_j2k_pretranscoded",
+            "Remote 200 Mbit/s 30 ms: series → JPEG 2000 after another series of the study "
+            "was retrieved as JPEG 2000 (pre-transcoded)",
+            "images/s",
+            target="≥100 (≥90% link)",
+            check=_remote_j2k,
+        ),
         Figure("remote_jls", "Remote 200 Mbit/s 30 ms: series → JPEG-LS", "images/s"),
         Figure(
             "cold_viewer",
@@ -281,6 +289,9 @@ def _details(f: Figure, server: str) -> str:
     link = c.extra_median("link_utilisation")
     if link is not None:
         bits.append(f"link {link:.0%}")
+        first = c.extra_median("first_byte_ms")
+        if first is not None:  # connect + request + the server's first byte, on the link
+            bits.append(f"first byte after {first:,.0f} ms")
     md_ms = c.extra_median("metadata_ms")
     if md_ms is not None:
         bits.append(f"metadata {md_ms:,.0f} ms")

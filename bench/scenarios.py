@@ -19,6 +19,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from bench import ceiling, client, cold, dimse, netns, servers
+from bench.dataset import SeriesSet
 from bench.measure import RssSampler, usage
 from bench.plan import Plan
 from bench.report import Figure, Sample
@@ -286,44 +287,56 @@ class Bench:
         jls = self.series_url(s, self.plan.jls_cold(k))
         self.measure("wado_jls_cold", s, k, lambda: self._retrieve(jls, client.JLS_LOSSLESS, n))
         self.measure("wado_jls_warm", s, k, lambda: self._retrieve(jls, client.JLS_LOSSLESS, n))
-        self._measure_pretranscoded(s, k)
+        self._measure_pretranscoded(
+            "wado_j2k_pretranscoded",
+            s,
+            k,
+            self.plan.pairs[k],
+            lambda u: self._retrieve(u, client.J2K_LOSSLESS, n),
+            s.base_url,
+        )
 
-    def _measure_pretranscoded(self, s: servers.Server, k: int) -> None:
+    def _measure_pretranscoded(
+        self,
+        key: str,
+        s: servers.Server,
+        k: int,
+        pair: SeriesSet,
+        fetch: Callable[[str], tuple[float, dict[str, float]]],
+        base_url: str,
+    ) -> None:
         """Series 1 of a fresh study → JPEG 2000 lossless, after its series 0 was retrieved as
         JPEG 2000 and the server's background work, if it reports any, is done (both untimed,
-        outside the CPU accounting).
+        outside the CPU accounting). ``fetch`` retrieves a series as JPEG 2000 from
+        ``base_url`` (the server's on loopback, or the remote site's over the link).
 
         Both servers get the same two requests; only arca has background work to wait for
         (its /health ``pretranscode`` queue). The wait and the codec jobs the timed retrieve
         still ran (arca's /health counters) are recorded with the sample."""
-        n = self.plan.instances
-        pair = self.plan.pairs[k]
         first, second = (
-            f"{s.base_url}/studies/{pair.study_uid}/series/{uid}" for uid in pair.series_uids
+            f"{base_url}/studies/{pair.study_uid}/series/{uid}" for uid in pair.series_uids
         )
         try:
-            t = client.get(first, client.J2K_LOSSLESS)
-            if t.parts != n:
-                raise ValueError(f"first series: got {t.parts} parts, expected {n}")
+            fetch(first)
             waited = time.perf_counter()
             jobs_before = self._background_idle(s)
             waited = time.perf_counter() - waited
         except (client.BenchHTTPError, OSError, ValueError) as exc:
             if self._died(s):
-                s.note_crash("wado_j2k_pretranscoded")
-            self.figs["wado_j2k_pretranscoded"].cell(s.name).errors.append(str(exc)[:300])
-            self.say(f"wado_j2k_pretranscoded {s.name}: first series FAILED {str(exc)[:200]}")
+                s.note_crash(key)
+            self.figs[key].cell(s.name).errors.append(str(exc)[:300])
+            self.say(f"{key} {s.name}: first series FAILED {str(exc)[:200]}")
             return
 
         def run() -> tuple[float, dict[str, float]]:
-            value, extra = self._retrieve(second, client.J2K_LOSSLESS, n)
+            value, extra = fetch(second)
             extra["background_wait_s"] = waited
             jobs_after = self._background_idle(s)
             if jobs_before is not None and jobs_after is not None:
                 extra["codec_jobs_during"] = jobs_after - jobs_before
             return value, extra
 
-        self.measure("wado_j2k_pretranscoded", s, k, run)
+        self.measure(key, s, k, run)
 
     def _background_idle(self, s: servers.Server, timeout: float = 600.0) -> int | None:
         """Wait until arca's pre-transcode queue is empty; its transcode job count then.
@@ -453,9 +466,12 @@ class Bench:
                 f"(TCP connect), 200 Mbit/s tbf each way"
             )
 
+            def over_link(s: servers.Server, u: str) -> str:
+                here, there = f"127.0.0.1:{s.http_port}", f"{netns.HOST_ADDR}:{ports[s.name]}"
+                return u.replace(here, there, 1)
+
             def url(s: servers.Server, index: int) -> str:
-                u = self.series_url(s, index)
-                return u.replace(f"127.0.0.1:{s.http_port}", f"{netns.HOST_ADDR}:{ports[s.name]}")
+                return over_link(s, self.series_url(s, index))
 
             def run(u: str, accept: str) -> tuple[float, dict[str, float]]:
                 res = site.fetch(u, accept)
@@ -468,6 +484,7 @@ class Bench:
                 return parts / secs, {
                     "mb_per_s": nbytes / MB / secs,
                     "link_utilisation": nbytes * 8 / secs / netns.LINK_BITS_PER_SECOND,
+                    "first_byte_ms": float(str(res["first_byte"])) * 1000,
                 }
 
             for k in range(r):
@@ -482,6 +499,14 @@ class Bench:
                         run, url(s, self.plan.remote_jls(k)), client.JLS_LOSSLESS
                     )
                     self.measure("remote_jls", s, k, jls)
+                    self._measure_pretranscoded(
+                        "remote_j2k_pretranscoded",
+                        s,
+                        k,
+                        self.plan.remote_pairs[k],
+                        functools.partial(run, accept=client.J2K_LOSSLESS),
+                        over_link(s, s.base_url),
+                    )
 
     # -- profiling ----------------------------------------------------------------------------
     def run_profiles(self) -> None:
