@@ -48,15 +48,26 @@ def _text(ds: Dataset, tag: int) -> str | None:
     return str(value).strip("\x00 ")
 
 
-def check_identity(ds: Dataset, expected_study_uid: str | None = None) -> FatalProblem | None:
-    """UIDs, SOP class, File Meta agreement, and the study a STOW request addressed."""
+def check_identity(
+    ds: Dataset, expected_study_uid: str | None = None, expected_sop_class_uid: str | None = None
+) -> FatalProblem | None:
+    """UIDs, SOP class, File Meta agreement, the study a STOW request addressed and the SOP
+    class a C-STORE request named (its Affected SOP Class UID)."""
+    sop_class = _text(ds, 0x0008_0016) or ""
+    # PS3.4 B.2.3: the data set's SOP Class UID must be the one the command names. A value
+    # that is not even a UID means the data set is damaged: the checks below say so.
+    expected = expected_sop_class_uid
+    if expected is not None and is_valid_uid(sop_class) and sop_class != expected:
+        return FatalProblem(
+            StowFailure.DATASET_DOES_NOT_MATCH_SOP_CLASS,
+            f"data set SOP class {sop_class} differs from the request's {expected}",
+        )
     for keyword, tag in REQUIRED_UIDS:
         value = _text(ds, tag)
         if not value:
             return FatalProblem(StowFailure.CANNOT_UNDERSTAND, f"{keyword} is missing")
         if not is_valid_uid(value):
             return FatalProblem(StowFailure.CANNOT_UNDERSTAND, f"{keyword} {value!r} is not a UID")
-    sop_class = _text(ds, 0x0008_0016) or ""
     sop_instance = _text(ds, 0x0008_0018) or ""
     if not is_storage_sop_class(sop_class):
         return FatalProblem(

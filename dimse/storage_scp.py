@@ -28,11 +28,9 @@ import re
 import tempfile
 from pathlib import Path
 
-import pydicom
 from pydicom.dataset import Dataset
 from pynetdicom.events import Event
 
-from conformance.statuses import StowFailure
 from dimse.ae_policy import AePolicy, Operation
 from dimse.bridge import LoopBridge
 from dimse.status import (
@@ -43,7 +41,7 @@ from dimse.status import (
     status_dataset,
 )
 from storage.archive import ArchiveService
-from storage.errors import IngestRejected, OutOfResources
+from storage.errors import OutOfResources
 
 log = logging.getLogger("arca.dimse")
 
@@ -75,8 +73,11 @@ class StorageSCP:
         spool: Path | None = None
         try:
             spool = self._write_spool(event)
-            self._check_sop_class(event, spool)
-            outcome = self._bridge.run(self._archive.ingest(spool), self._timeout)
+            # PS3.4 B.2.3: the data set must be of the SOP class the command names; the
+            # ingest checks it while it parses the data set (0xA900 otherwise).
+            affected = str(event.request.AffectedSOPClassUID)
+            ingest = self._archive.ingest(spool, expected_sop_class_uid=affected)
+            outcome = self._bridge.run(ingest, self._timeout)
         except Exception as exc:
             return failure_dataset(exc, Service.STORE)
         finally:
@@ -89,25 +90,6 @@ class StorageSCP:
             warning, note = outcome.warnings[0]
             return status_dataset(int(warning), note)
         return status_dataset(SUCCESS)
-
-    def _check_sop_class(self, event: Event, spool: Path) -> None:
-        affected = str(event.request.AffectedSOPClassUID)
-        try:
-            # Only the header up to (0008,0016): a multi-frame object is not copied again.
-            header = pydicom.dcmread(spool, stop_before_pixels=True, specific_tags=[_SOP_CLASS])
-            in_dataset = str(header[_SOP_CLASS].value) if _SOP_CLASS in header else ""
-        except Exception as exc:  # pydicom raises many types on malformed input
-            raise IngestRejected(
-                StowFailure.CANNOT_UNDERSTAND, f"data set does not parse: {exc}"
-            ) from exc
-        # A value that is not even a UID means the data set is damaged: ingest decides that
-        # (0xC000), not this check.
-        if _UID.fullmatch(in_dataset) and in_dataset != affected:
-            # PS3.4 B.2.3: the data set's SOP Class UID must be the one the command names.
-            raise IngestRejected(
-                StowFailure.DATASET_DOES_NOT_MATCH_SOP_CLASS,
-                f"data set SOP class {in_dataset} differs from the request's {affected}",
-            )
 
     def _write_spool(self, event: Event) -> Path:
         self._spool_dir.mkdir(parents=True, exist_ok=True)

@@ -78,7 +78,13 @@ class VerifyReport:
 class ArchiveService(Protocol):
     """What the service layers (dicomweb, dimse) may call. Implemented by storage.Archive."""
 
-    async def ingest(self, path: Path, *, expected_study_uid: str | None = None) -> IngestOutcome:
+    async def ingest(
+        self,
+        path: Path,
+        *,
+        expected_study_uid: str | None = None,
+        expected_sop_class_uid: str | None = None,
+    ) -> IngestOutcome:
         """Store the Part-10 file (or bare data set) at ``path``.
 
         The file is consumed (moved into the hot tier or deleted). Parses the header once,
@@ -87,12 +93,19 @@ class ArchiveService(Protocol):
 
         Raises IngestRejected (with a StowFailure: CANNOT_UNDERSTAND for files that do not
         parse or lack Study/Series/SOP Instance UIDs, SOP_CLASS_NOT_SUPPORTED,
-        DATASET_DOES_NOT_MATCH_SOP_CLASS also when ``expected_study_uid`` differs,
+        DATASET_DOES_NOT_MATCH_SOP_CLASS also when ``expected_study_uid`` (a STOW-RS request's
+        study) or ``expected_sop_class_uid`` (a C-STORE request's Affected SOP Class) differs,
         DuplicateInstance), OutOfResources, StoreUnavailable. On any error nothing is visible.
         """
         ...
 
-    async def prepare(self, path: Path, *, expected_study_uid: str | None = None) -> Analysis:
+    async def prepare(
+        self,
+        path: Path,
+        *,
+        expected_study_uid: str | None = None,
+        expected_sop_class_uid: str | None = None,
+    ) -> Analysis:
         """The first half of :meth:`ingest`, for callers that commit many at once (STOW-RS):
         parse, validate, fsync the file where it is. Raises as ingest does; on failure the
         file is left for the caller (to name the instance in its answer, then remove)."""
@@ -230,9 +243,19 @@ class Archive:
 
     # -- ingest ---------------------------------------------------------------------------
 
-    async def ingest(self, path: Path, *, expected_study_uid: str | None = None) -> IngestOutcome:
+    async def ingest(
+        self,
+        path: Path,
+        *,
+        expected_study_uid: str | None = None,
+        expected_sop_class_uid: str | None = None,
+    ) -> IngestOutcome:
         try:
-            analysis = await self.prepare(path, expected_study_uid=expected_study_uid)
+            analysis = await self.prepare(
+                path,
+                expected_study_uid=expected_study_uid,
+                expected_sop_class_uid=expected_sop_class_uid,
+            )
         except BaseException:
             await asyncio.to_thread(remove_quietly, path)
             raise
@@ -241,13 +264,20 @@ class Archive:
             raise result
         return result
 
-    async def prepare(self, path: Path, *, expected_study_uid: str | None = None) -> Analysis:
+    async def prepare(
+        self,
+        path: Path,
+        *,
+        expected_study_uid: str | None = None,
+        expected_sop_class_uid: str | None = None,
+    ) -> Analysis:
         job = functools.partial(
             prepare,
             path,
             bulkdata_threshold=self.bulkdata_threshold,
             bulkdata_base=BULKDATA_BASE,
             expected_study_uid=expected_study_uid,
+            expected_sop_class_uid=expected_sop_class_uid,
         )
         if self.ingest_workers is not None:
             return await self.ingest_workers.run(job)

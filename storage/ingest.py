@@ -137,7 +137,12 @@ def _read_for_parsing(path: Path) -> tuple[int, str, Path | io.BytesIO]:
 
 
 def prepare(
-    path: Path, *, bulkdata_threshold: int, bulkdata_base: str, expected_study_uid: str | None
+    path: Path,
+    *,
+    bulkdata_threshold: int,
+    bulkdata_base: str,
+    expected_study_uid: str | None,
+    expected_sop_class_uid: str | None = None,
 ) -> Analysis:
     """:func:`analyze` the file, then make its bytes durable where they are (fsync), so the
     commit that follows only renames it. The file stays in place on failure."""
@@ -146,6 +151,7 @@ def prepare(
         bulkdata_threshold=bulkdata_threshold,
         bulkdata_base=bulkdata_base,
         expected_study_uid=expected_study_uid,
+        expected_sop_class_uid=expected_sop_class_uid,
     )
     try:
         fd = os.open(path, os.O_RDONLY)
@@ -160,9 +166,15 @@ def prepare(
 
 
 def analyze(
-    path: Path, *, bulkdata_threshold: int, bulkdata_base: str, expected_study_uid: str | None
+    path: Path,
+    *,
+    bulkdata_threshold: int,
+    bulkdata_base: str,
+    expected_study_uid: str | None,
+    expected_sop_class_uid: str | None = None,
 ) -> Analysis:
-    """Read ``path`` once; raise IngestRejected for objects that must not be stored."""
+    """Read ``path`` once; raise IngestRejected for objects that must not be stored.
+    ``expected_*``: what the request named (see :func:`conformance.validation.check_identity`)."""
     try:
         size, sha256, source = _read_for_parsing(path)
     except OSError as exc:
@@ -178,7 +190,14 @@ def analyze(
         raise _reject(StowFailure.CANNOT_UNDERSTAND, f"not a DICOM object: {exc}") from exc
     try:
         return _analyze_dataset(
-            path, ds, size, sha256, bulkdata_threshold, bulkdata_base, expected_study_uid
+            path,
+            ds,
+            size,
+            sha256,
+            bulkdata_threshold,
+            bulkdata_base,
+            expected_study_uid,
+            expected_sop_class_uid,
         )
     except IngestRejected:
         raise
@@ -209,6 +228,7 @@ def _analyze_dataset(
     threshold: int,
     base: str,
     expected_study_uid: str | None,
+    expected_sop_class_uid: str | None,
 ) -> Analysis:
     if len(ds) == 0:
         raise _reject(
@@ -226,7 +246,7 @@ def _analyze_dataset(
         rendered = render_unprefixed(ds, threshold=threshold)
     except Exception:
         rendered = None
-    problem = check_identity(ds, expected_study_uid)
+    problem = check_identity(ds, expected_study_uid, expected_sop_class_uid)
     if problem is not None:
         raise _reject(problem.failure, problem.message)
     study, series, sop = (

@@ -27,7 +27,13 @@ from storage.errors import (
 )
 from storage.model import IngestStatus, Tier
 from storage.query import Query, QueryLevel
-from tests.storage.factory import MR_IMAGE_STORAGE, make_dataset, write, write_bare
+from tests.storage.factory import (
+    CT_IMAGE_STORAGE,
+    MR_IMAGE_STORAGE,
+    make_dataset,
+    write,
+    write_bare,
+)
 
 
 async def _nothing_stored(archive: Archive, sop_uid: str | None = None) -> None:
@@ -247,6 +253,31 @@ async def test_expected_study_mismatch_names_both(archive: Archive, tmp_path: Pa
     await _nothing_stored(archive)
     ok = await archive.ingest(write(ds, tmp_path), expected_study_uid=ds.StudyInstanceUID)
     assert ok.status is IngestStatus.STORED
+
+
+async def test_expected_sop_class_mismatch_is_refused(archive: Archive, tmp_path: Path) -> None:
+    """A C-STORE names the SOP class (Affected SOP Class UID); a data set of another class is
+    refused with 0xA900 (PS3.4 B.2.3), whatever its File Meta says."""
+    ds = make_dataset(sop_class=MR_IMAGE_STORAGE)
+    ds.file_meta.MediaStorageSOPClassUID = CT_IMAGE_STORAGE  # as a C-STORE's meta is built
+    with pytest.raises(IngestRejected) as caught:
+        await archive.ingest(write(ds, tmp_path), expected_sop_class_uid=CT_IMAGE_STORAGE)
+    assert caught.value.failure is StowFailure.DATASET_DOES_NOT_MATCH_SOP_CLASS
+    assert MR_IMAGE_STORAGE in caught.value.message and CT_IMAGE_STORAGE in caught.value.message
+    await _nothing_stored(archive)
+
+
+async def test_expected_sop_class_leaves_a_damaged_class_to_the_other_checks(
+    archive: Archive, tmp_path: Path
+) -> None:
+    ds = make_dataset()
+    ds.SOPClassUID = "not-a-uid"
+    with pytest.raises(IngestRejected) as caught:
+        await archive.ingest(write(ds, tmp_path), expected_sop_class_uid=CT_IMAGE_STORAGE)
+    assert caught.value.failure is StowFailure.CANNOT_UNDERSTAND
+    ok = make_dataset()
+    stored = await archive.ingest(write(ok, tmp_path), expected_sop_class_uid=CT_IMAGE_STORAGE)
+    assert stored.status is IngestStatus.STORED
 
 
 async def test_non_dicom_bytes(archive: Archive, tmp_path: Path) -> None:
