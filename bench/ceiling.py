@@ -1,9 +1,11 @@
-"""The loopback ceiling of a series retrieve: a server with nothing to do.
+"""The ceiling of a series retrieve: a server with nothing to do.
 
-It answers every GET with one prebuilt multipart/related body (the series' files, in memory)
-through ``socket.sendall``, so a figure measured with the same client against it is what this
-machine's loopback, kernel copies and client can carry at best. No archive can exceed it;
-the ratio of the archives' figures to it says how much room is left.
+It answers every GET with one prebuilt multipart/related body (in memory) through
+``socket.sendall``, so a figure measured with the same client against it is what the path
+between them can carry at best: on loopback, this machine's kernel copies and client (the
+series' own files); over the remote site's link, that link and TCP on a fresh connection (a
+body of as many parts and bytes as the JPEG 2000 series). No archive can exceed it; the
+ratio of the archives' figures to it says how much room is left.
 """
 
 from __future__ import annotations
@@ -17,12 +19,13 @@ BOUNDARY = b"bench-ceiling-boundary"
 
 
 class InMemorySeriesServer:
-    """A threaded HTTP/1.1 responder on a free loopback port; ``url`` serves the series."""
+    """A threaded HTTP/1.1 responder on a free loopback port; ``url`` serves ``payloads`` as
+    the parts of one multipart/related body."""
 
-    def __init__(self, paths: Sequence[Path]) -> None:
+    def __init__(self, payloads: Sequence[bytes]) -> None:
         parts = [
-            b"--" + BOUNDARY + b"\r\nContent-Type: application/dicom\r\n\r\n" + p.read_bytes()
-            for p in paths
+            b"--" + BOUNDARY + b"\r\nContent-Type: application/dicom\r\n\r\n" + payload
+            for payload in payloads
         ]
         body = b"\r\n".join(parts) + b"\r\n--" + BOUNDARY + b"--\r\n"
         self._head = (
@@ -37,8 +40,13 @@ class InMemorySeriesServer:
         self._sock = socket.socket()
         self._sock.bind(("127.0.0.1", 0))
         self._sock.listen(8)
-        self.url = f"http://127.0.0.1:{self._sock.getsockname()[1]}/series"
+        self.port = int(self._sock.getsockname()[1])
+        self.url = f"http://127.0.0.1:{self.port}/series"
         threading.Thread(target=self._accept, name="bench-ceiling", daemon=True).start()
+
+    @classmethod
+    def of_files(cls, paths: Sequence[Path]) -> InMemorySeriesServer:
+        return cls([p.read_bytes() for p in paths])
 
     def _accept(self) -> None:
         while True:

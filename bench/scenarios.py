@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import json
+import os
 import subprocess
 import sys
 import time
@@ -238,7 +239,7 @@ class Bench:
     def loopback_ceiling(self) -> None:
         """The native series retrieve against a server with nothing to do (bench.ceiling)."""
         paths = self.plan.retrieve.paths[: self.plan.instances]
-        server = ceiling.InMemorySeriesServer(paths)
+        server = ceiling.InMemorySeriesServer.of_files(paths)
         try:
             conn = client.connect(server.url)
             rates = []
@@ -507,6 +508,43 @@ class Bench:
                         functools.partial(run, accept=client.J2K_LOSSLESS),
                         over_link(s, s.base_url),
                     )
+            self._remote_ceiling(site, run)
+
+    def _remote_ceiling(
+        self, site: netns.RemoteSite, run: Callable[[str, str], tuple[float, dict[str, float]]]
+    ) -> None:
+        """The link's own ceiling for the pre-transcoded figure: a body of as many parts and
+        bytes as arca's JPEG 2000 series, from memory (bench.ceiling), fetched over the same
+        link the same way (a fresh connection each time)."""
+        arca = next((s for s in self.servers if isinstance(s, servers.ArcaServer)), None)
+        if arca is None or not self.plan.remote_pairs:
+            return
+        pair = self.plan.remote_pairs[0]
+        try:
+            url = f"{arca.base_url}/studies/{pair.study_uid}/series/{pair.series_uids[1]}"
+            t = client.get(url, client.J2K_LOSSLESS)
+        except (client.BenchHTTPError, OSError) as exc:
+            self.note(f"remote link ceiling not measured: {exc}")
+            return
+        # Incompressible bytes that cannot hold the boundary; the link does not compress.
+        server = ceiling.InMemorySeriesServer([os.urandom(t.nbytes // t.parts)] * t.parts)
+        try:
+            u = f"http://{netns.HOST_ADDR}:{site.relay(server.port)}/series"
+            samples = [run(u, client.STORED) for _ in range(max(3, self.plan.repeat))]
+        except (client.BenchHTTPError, ValueError, netns.NetnsError) as exc:
+            self.note(f"remote link ceiling not measured: {exc}")
+            return
+        finally:
+            server.close()
+        samples.sort(key=lambda sample: sample[0])
+        rate, extra = samples[len(samples) // 2]
+        self.note(
+            f"remote link ceiling: {t.parts} parts of {t.nbytes / t.parts / 1000:,.1f} kB (the "
+            f"size of arca's JPEG 2000 series) from an in-memory server over the same link: "
+            f"{rate:,.0f} images/s, link {extra['link_utilisation']:.0%}, first byte after "
+            f"{extra['first_byte_ms']:,.0f} ms (median of {len(samples)}) — what a fresh "
+            f"connection on this link carries at best for such a transfer"
+        )
 
     # -- profiling ----------------------------------------------------------------------------
     def run_profiles(self) -> None:
