@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from bench import client
+from bench import ceiling, client
 from tests.bench.runner import run_bench
 
 HTTP_FIGURES = ("stow", "wado_native", "wado_j2k_cold", "frames6", "study_metadata", "qido")
@@ -98,3 +98,21 @@ def test_part_counter_finds_delimiters_split_across_reads(
     t = client.get(multipart_server, client.STORED)
     assert t.parts == 7
     assert t.nbytes == len(_Multipart.body)
+
+
+def test_ceiling_server_serves_its_payloads_as_parts() -> None:
+    """The ceilings' in-memory server (bench.ceiling): every payload one part, each GET on a
+    kept-alive connection the whole body again."""
+    payloads = [bytes([i]) * (1000 + i) for i in range(5)]
+    server = ceiling.InMemorySeriesServer(payloads)
+    try:
+        conn = client.connect(server.url)
+        for _ in range(2):
+            body = bytearray()
+            t = client.get(server.url, client.STORED, conn, keep=body)
+            assert t.status == 200 and t.parts == 5
+            for payload in payloads:
+                assert payload in body
+        conn.close()
+    finally:
+        server.close()
