@@ -27,6 +27,7 @@ import logging
 import multiprocessing
 import os
 import pickle
+import signal
 import socket
 import struct
 import threading
@@ -130,6 +131,7 @@ class IngestWorkers:
         return {
             "workers": self.workers,
             "ready": self.ready,
+            "ready_workers": sum(1 for w in self._all if w.ready),
             "prepared_in_process": self.in_process,
             "rebuilds": self.rebuilds,
         }
@@ -296,6 +298,11 @@ def _consume(task: asyncio.Task[Any]) -> None:
 
 def _serve(sock: socket.socket, server_pid: int) -> None:
     """A worker's main loop: prepare each job received, send back the result or the error."""
+    # A signal to the server's whole process group (systemd stopping a control group, Ctrl-C
+    # in a terminal) is the server's to act on: it ends this worker by closing its socket
+    # when it shuts down, and should the server die, _exit_with ends it.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
     _exit_with(server_pid)
     import storage.ingest  # noqa: F401  (pydicom and the rest, before saying ready)
 

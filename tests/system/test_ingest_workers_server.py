@@ -26,11 +26,17 @@ def test_parts_are_prepared_in_the_workers(start_arca: StartArca) -> None:
     with httpx.Client(timeout=60) as client:
         # The workers start with the server, in the background.
         deadline = time.monotonic() + 60
-        while not _health(client, arca.base_url)["ingest_workers"]["ready"]:  # type: ignore[index]
+        while _health(client, arca.base_url)["ingest_workers"]["ready_workers"] < 2:  # type: ignore[index]
             assert time.monotonic() < deadline, "the ingest workers did not start"
             time.sleep(0.1)
         before = _health(client, arca.base_url)["ingest_workers"]
-        assert before == {"workers": 2, "ready": True, "prepared_in_process": 0, "rebuilds": 0}
+        assert before == {
+            "workers": 2,
+            "ready": True,
+            "ready_workers": 2,
+            "prepared_in_process": 0,
+            "rebuilds": 0,
+        }
         study = "1.2.826.0.1.3680043.8.498.4242"
         parts = [small_ct(study_uid=study, instance_number=i) for i in range(12)]
         # One part that is no DICOM object: its rejection comes back from a worker.

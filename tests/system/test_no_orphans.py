@@ -4,9 +4,13 @@ runs no clean-up)."""
 
 from __future__ import annotations
 
+import contextlib
+import os
+import signal
 import time
 from pathlib import Path
 
+import httpx
 import pytest
 
 from tests.conftest import ArcaProcess, StartArca
@@ -73,3 +77,31 @@ def test_no_process_outlives_the_server(start_arca: StartArca, how: str) -> None
     while _alive(pool) and time.monotonic() < deadline:
         time.sleep(0.2)
     assert not _alive(pool), f"left behind after {how}: {sorted(_alive(pool))}"
+
+
+def test_a_signal_to_the_whole_process_group_is_the_servers_to_act_on(
+    start_arca: StartArca,
+) -> None:
+    """systemd's stop (KillMode=control-group), Ctrl-C in a terminal and ``kill -- -PGID``
+    signal every process of the server at once. The workers leave their ending to the
+    server: it shuts down cleanly, without taking their end for a crash and starting others."""
+    arca = start_arca("--no-dimse", "--transcoding-workers", "2", "--ingest-workers", "2")
+    pool = _started_pool(arca, workers=4)
+    deadline = time.monotonic() + 60
+    while httpx.get(arca.base_url + "/health").json()["ingest_workers"]["ready_workers"] < 2:
+        assert time.monotonic() < deadline, "the ingest workers did not start"
+        time.sleep(0.1)
+    pool = _descendants(arca.pid)
+    for pid in [*sorted(pool), arca.pid]:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGTERM)
+    assert arca.process is not None
+    arca.process.wait(timeout=30)
+    deadline = time.monotonic() + 20
+    while _alive(pool) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert not _alive(pool), f"left behind: {sorted(_alive(pool))}"
+    log = arca.log_text()
+    assert "Application shutdown complete" in log
+    assert "ingest worker" not in log, log[-3000:]
+    assert "Traceback" not in log, log[-3000:]
