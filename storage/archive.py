@@ -32,7 +32,7 @@ from storage.errors import (
     StorageError,
     StoreUnavailable,
 )
-from storage.hot import HotFilesystemStore
+from storage.hot import HotFilesystemStore, will_need
 from storage.index import engine, repository, results
 from storage.ingest import Analysis, prepare, remove_quietly
 from storage.ingest_commit import IngestCommitter
@@ -148,6 +148,11 @@ class ArchiveService(Protocol):
         """The hot-tier file of ``location`` without any I/O (for zero-hop reads of hot
         blobs), or None when the instance is not on the hot tier. The file may be gone
         (migrated since locate()): callers then fall back to :meth:`open_blob`."""
+        ...
+
+    async def read_ahead(self, locations: Sequence[InstanceLocation]) -> None:
+        """Start reading these instances' hot files into the page cache and return without
+        waiting for the disk (a retrieve asks for the parts it sends next). Best effort."""
         ...
 
     async def read_bulkdata(self, location: InstanceLocation, path: str) -> bytes:
@@ -393,6 +398,11 @@ class Archive:
         if self.tiers is not None:
             self.tiers.touch(location.study_uid)
         return self.hot.path_of(location.blob_key)
+
+    async def read_ahead(self, locations: Sequence[InstanceLocation]) -> None:
+        paths = [p for p in map(self.hot_path, locations) if p is not None]
+        if paths:
+            await asyncio.to_thread(will_need, paths)
 
     async def read_bulkdata(self, location: InstanceLocation, path: str) -> bytes:
         """The value of the element a BulkDataURI's ``path`` names (see storage.metadata).

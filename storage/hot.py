@@ -24,6 +24,24 @@ _NO_SPACE = frozenset({errno.ENOSPC, errno.EDQUOT})
 _TMP_DIR = ".tmp"
 
 
+def will_need(paths: Sequence[Path]) -> None:
+    """Ask the kernel to start reading these files into the page cache and return at once
+    (``posix_fadvise(WILLNEED)``): readers that come later find their pages there instead of
+    waiting on the disk one file after the other. Best effort: a missing file (migrated or
+    deleted meanwhile) or a refusal is skipped."""
+    for path in paths:
+        try:
+            fd = os.open(path, os.O_RDONLY)
+        except OSError:
+            continue
+        try:
+            os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_WILLNEED)
+        except OSError:
+            pass
+        finally:
+            os.close(fd)
+
+
 def translate_os_error(exc: OSError, what: str) -> StorageError:
     """Map an OSError to the storage error tree (ENOSPC/EDQUOT → OutOfResources)."""
     if exc.errno in _NO_SPACE:

@@ -22,14 +22,13 @@ import asyncio
 import contextlib
 import itertools
 import logging
-import os
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
-from pathlib import Path
 
 from storage.blobs import BlobReader
 from storage.errors import NotFound, StorageError
+from storage.hot import will_need
 from storage.model import Tier
 from storage.tiering import TierManager
 
@@ -206,7 +205,7 @@ class Prefetcher:
                     break
                 budget -= size
             async with self.slot(study_uid):
-                await asyncio.to_thread(_will_need, self.tiers.hot.path_of(key))
+                await asyncio.to_thread(will_need, [self.tiers.hot.path_of(key)])
             self.stats.bytes_warmed += size
 
     async def close(self) -> None:
@@ -216,18 +215,6 @@ class Prefetcher:
             with contextlib.suppress(asyncio.CancelledError):
                 await worker
         self._workers = []
-
-
-def _will_need(path: Path) -> None:
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except FileNotFoundError:
-        return
-    try:
-        # Starts asynchronous read-ahead of the whole file; returns at once.
-        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_WILLNEED)
-    finally:
-        os.close(fd)
 
 
 class _StudySlots:

@@ -3,6 +3,7 @@ shortcut and its fallback, blobs whose size disagrees with the index."""
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import io
 from pathlib import Path
@@ -11,7 +12,7 @@ import pydicom
 import pytest
 
 from dicomweb.multipart import closing_delimiter, part_header
-from dicomweb.wado import BATCH_BYTES, WadoService, _Batch, _PartQueue
+from dicomweb.wado import BATCH_BYTES, READ_AHEAD_PARTS, WadoService, _Batch, _PartQueue
 from storage.errors import CorruptBlob
 from storage.model import InstanceLocation, Tier
 from tests.dicomweb.conftest import (
@@ -95,6 +96,7 @@ class _Archive:
     def __init__(self, root: Path, hot: Path | None) -> None:
         self.root, self.hot = root, hot
         self.opened: list[_Reader] = []
+        self.asked_ahead: list[str] = []
 
     async def open_blob(self, location: InstanceLocation) -> _Reader:
         reader = _Reader(self.root / location.blob_key)
@@ -103,6 +105,9 @@ class _Archive:
 
     def hot_path(self, location: InstanceLocation) -> Path | None:
         return None if self.hot is None else self.hot / location.blob_key
+
+    async def read_ahead(self, locations: list[InstanceLocation]) -> None:
+        self.asked_ahead.extend(loc.blob_key for loc in locations)
 
 
 def _location(key: str, size: int) -> InstanceLocation:
@@ -206,3 +211,29 @@ async def test_frames_read_from_the_hot_file_or_through_the_archive(
     assert got == [data[10:15] + data[20:23], data[0:10]]
     assert len(archive.opened) == (0 if hot == "present" else 1)
     assert all(r.closed for r in archive.opened)
+
+
+async def test_read_ahead_keeps_a_window_of_parts_asked_for(tmp_path: Path) -> None:
+    """Each part's file is asked for once, in order, READ_AHEAD_PARTS ahead of the part being
+    sent, half a window at a time."""
+    archive = _Archive(tmp_path, None)
+    queue = _PartQueue(
+        _service(archive),
+        [(_location(f"k{n}", BATCH_BYTES // 3), EXPLICIT_LE) for n in range(100)],
+        "bnd",
+    )
+    assert queue.unit_parts[:3] == [0, 2, 4]  # two parts per batch
+
+    async def read_ahead_from(unit: int) -> list[str]:
+        queue._read_ahead(unit)
+        await asyncio.gather(*list(queue.reading_ahead))
+        return archive.asked_ahead
+
+    assert await read_ahead_from(0) == [f"k{n}" for n in range(READ_AHEAD_PARTS)]
+    half = READ_AHEAD_PARTS // 2
+    # Less than half a window further on: nothing new yet.
+    assert len(await read_ahead_from(half // 2 - 1)) == READ_AHEAD_PARTS
+    assert len(await read_ahead_from(half // 2)) == READ_AHEAD_PARTS + half
+    for unit in range(len(queue.units)):
+        await read_ahead_from(unit)
+    assert archive.asked_ahead == [f"k{n}" for n in range(100)]
