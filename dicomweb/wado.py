@@ -461,8 +461,9 @@ class _PartQueue:
 
     def _read_ahead(self, current: int) -> None:
         """Keep READ_AHEAD_PARTS parts from unit ``current`` on asked for, half a window at a
-        time (fewer, larger calls)."""
-        if current >= len(self.unit_parts):
+        time (fewer, larger calls). A lone part (an instance) is read right away: nothing lies
+        ahead of it, so no thread hop is spent on it."""
+        if current >= len(self.unit_parts) or len(self.sendable) < 2:
             return
         until = min(len(self.sendable), self.unit_parts[current] + READ_AHEAD_PARTS)
         if until - self.read_ahead_to < READ_AHEAD_PARTS // 2 and until < len(self.sendable):

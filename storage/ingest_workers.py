@@ -95,9 +95,13 @@ class IngestWorkers:
         """Objects prepared in a server thread: before a worker was ready, or after a crash."""
 
     @property
+    def ready_workers(self) -> int:
+        """Workers that have said they are ready."""
+        return sum(1 for w in self._all if w.ready)
+
+    @property
     def ready(self) -> bool:
-        """True once a worker has said it is ready."""
-        return any(w.ready for w in self._all)
+        return self.ready_workers > 0
 
     def start(self) -> None:
         """Start the workers now, in the background (else the first object starts them).
@@ -131,7 +135,7 @@ class IngestWorkers:
         return {
             "workers": self.workers,
             "ready": self.ready,
-            "ready_workers": sum(1 for w in self._all if w.ready),
+            "ready_workers": self.ready_workers,
             "prepared_in_process": self.in_process,
             "rebuilds": self.rebuilds,
         }
