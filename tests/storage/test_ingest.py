@@ -257,9 +257,9 @@ async def test_expected_study_mismatch_names_both(archive: Archive, tmp_path: Pa
 
 async def test_expected_sop_class_mismatch_is_refused(archive: Archive, tmp_path: Path) -> None:
     """A C-STORE names the SOP class (Affected SOP Class UID); a data set of another class is
-    refused with 0xA900 (PS3.4 B.2.3), whatever its File Meta says."""
+    refused with 0xA900 (PS3.4 B.2.3), even when its own File Meta agrees with it."""
     ds = make_dataset(sop_class=MR_IMAGE_STORAGE)
-    ds.file_meta.MediaStorageSOPClassUID = CT_IMAGE_STORAGE  # as a C-STORE's meta is built
+    assert ds.file_meta.MediaStorageSOPClassUID == MR_IMAGE_STORAGE  # only the request differs
     with pytest.raises(IngestRejected) as caught:
         await archive.ingest(write(ds, tmp_path), expected_sop_class_uid=CT_IMAGE_STORAGE)
     assert caught.value.failure is StowFailure.DATASET_DOES_NOT_MATCH_SOP_CLASS
