@@ -46,7 +46,11 @@ def test_harness_tiny_run_measures_every_http_figure(tmp_path: Path) -> None:
         assert arca["errors"] == [], f"{key}: {arca['errors']}"
         assert arca["median"] is not None and arca["median"] > 0, (key, result["meta"]["notes"])
     if "orthanc" in servers:
-        assert figures["wado_native"]["servers"]["orthanc"]["median"] > 0
+        orthanc = figures["wado_native"]["servers"]["orthanc"]
+        assert orthanc["median"] is not None and orthanc["median"] > 0, (
+            orthanc["errors"],
+            result["meta"]["notes"],
+        )
         assert figures["wado_native"]["ratio_arca_over_orthanc"] is not None
     # DIMSE figures are either measured or their failure is recorded, never silently absent.
     cstore = figures["cstore"]["servers"]["arca"]
