@@ -9,11 +9,15 @@ and stops reading as soon as the body passes the size limit.
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import os
 from collections.abc import AsyncIterable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import BinaryIO
+
+from storage.errors import OutOfResources, StorageError, StoreUnavailable
 
 _MAX_HEADER_BYTES = 64 * 1024
 _CRLF = b"\r\n"
@@ -240,12 +244,13 @@ async def spool_multipart(
     body may still be arriving), so a caller can start working on it.
 
     Raises BodyTooLarge as soon as more than ``max_bytes`` arrived, MalformedMultipart for a
-    body that does not parse; in both cases every spooled file is removed.
+    body that does not parse, OutOfResources when the spool's filesystem is full and
+    StoreUnavailable when it fails otherwise; in each case every spooled file is removed.
     """
-    spool_dir.mkdir(parents=True, exist_ok=True)
     parser = _Parser(boundary, spool_dir, on_part)
     total = 0
     try:
+        spool_dir.mkdir(parents=True, exist_ok=True)
         async for chunk in chunks:
             total += len(chunk)
             if total > max_bytes:
@@ -253,9 +258,26 @@ async def spool_multipart(
             if chunk:
                 parser.feed(chunk)
         return parser.finish()
+    except OSError as exc:
+        _abort_quietly(parser)
+        raise _spool_error(exc) from exc
     except BaseException:
-        parser.abort()
+        _abort_quietly(parser)
         raise
+
+
+def _abort_quietly(parser: _Parser) -> None:
+    with contextlib.suppress(OSError):  # closing a file on a full disk fails too
+        parser.abort()
+
+
+def _spool_error(exc: OSError) -> StorageError:
+    """The spool's own failure, in the storage error tree the HTTP edge translates: no space
+    becomes 507 Insufficient Storage (RFC 4918 §11.5), anything else 503; the spool's paths
+    stay out of the message."""
+    if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+        return OutOfResources("no space left on the server to receive the request body")
+    return StoreUnavailable(f"cannot spool the request body: {os.strerror(exc.errno or 0)}")
 
 
 # --------------------------------------------------------------------------------------------

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import subprocess
 import tracemalloc
-from collections.abc import AsyncIterator, Iterable
+from collections.abc import AsyncIterator, Iterable, Iterator
 from pathlib import Path
 
 import pytest
@@ -15,6 +16,7 @@ from dicomweb.multipart import (
     part_header,
     spool_multipart,
 )
+from storage.errors import OutOfResources, StoreUnavailable
 
 
 async def chunked(data: bytes, size: int) -> AsyncIterator[bytes]:
@@ -92,3 +94,46 @@ async def test_writer_round_trips_through_parser(tmp_path: Path) -> None:
     spooled = await spool_multipart(chunked(out, 1000), "bnd", tmp_path, 1 << 30)
     assert [p.path.read_bytes() for p in spooled.parts] == payloads
     assert all(p.content_type == "application/dicom" for p in spooled.parts)
+
+
+@pytest.fixture
+def small_filesystem(tmp_path: Path) -> Iterator[Path]:
+    """A real 1 MiB tmpfs: a disk that fills up. Mounting needs root (as in CI)."""
+    mount_point = tmp_path / "small"
+    mount_point.mkdir()
+    mounted = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(mount_point)],
+        capture_output=True,
+        text=True,
+    )
+    if mounted.returncode != 0:
+        pytest.skip(f"cannot mount a small tmpfs here (needs root): {mounted.stderr.strip()}")
+    try:
+        yield mount_point
+    finally:
+        subprocess.run(["umount", "-l", str(mount_point)], check=False)
+
+
+async def test_a_full_spool_disk_is_out_of_resources_and_leaves_nothing(
+    small_filesystem: Path, tmp_path: Path
+) -> None:
+    spool = small_filesystem / "spool"
+    seen: list[Path] = []
+    data = body([bytes(300_000), bytes(300_000), bytes(600_000)])  # the third does not fit
+    with pytest.raises(OutOfResources, match="no space left on the server"):
+        await spool_multipart(
+            chunked(data, 64 * 1024), "b0und", spool, 1 << 30, lambda p: seen.append(p.path)
+        )
+    assert len(seen) == 2  # the parts that fitted were offered as they completed...
+    assert list(spool.iterdir()) == []  # ...and are gone with the rest
+    # The disk has room again: the next body spools as usual.
+    spooled = await spool_multipart(chunked(body([b"ok"]), 7), "b0und", spool, 1 << 30)
+    assert [p.path.read_bytes() for p in spooled.parts] == [b"ok"]
+
+
+async def test_a_spool_that_cannot_be_made_is_unavailable_without_paths(tmp_path: Path) -> None:
+    (tmp_path / "a-file").write_bytes(b"")
+    spool = tmp_path / "a-file" / "spool"  # its parent is not a directory
+    with pytest.raises(StoreUnavailable, match="cannot spool the request body") as raised:
+        await spool_multipart(chunked(body([b"x"]), 64), "b0und", spool, 1 << 30)
+    assert str(tmp_path) not in str(raised.value)
