@@ -27,6 +27,21 @@ REQUIRED_UIDS = (
 
 
 @dataclass(frozen=True)
+class RequestedIdentity:
+    """What a store request itself says about the object it carries, for
+    :func:`check_identity` to hold the object to; None where the request says nothing."""
+
+    study_uid: str | None = None
+    """The study a STOW-RS request addressed (``POST /studies/{study}``, PS3.18 §10.5.1)."""
+    sop_class_uid: str | None = None
+    """The Affected SOP Class UID of a C-STORE request (PS3.7 §9.1.1.1)."""
+
+
+ANY_IDENTITY = RequestedIdentity()
+"""A request that says nothing about its object (an import, a C-STORE of another kind)."""
+
+
+@dataclass(frozen=True)
 class FatalProblem:
     """Why an object must be refused, in the standard's terms and in words."""
 
@@ -48,15 +63,12 @@ def _text(ds: Dataset, tag: int) -> str | None:
     return str(value).strip("\x00 ")
 
 
-def check_identity(
-    ds: Dataset, expected_study_uid: str | None = None, expected_sop_class_uid: str | None = None
-) -> FatalProblem | None:
-    """UIDs, SOP class, File Meta agreement, the study a STOW request addressed and the SOP
-    class a C-STORE request named (its Affected SOP Class UID)."""
+def check_identity(ds: Dataset, requested: RequestedIdentity = ANY_IDENTITY) -> FatalProblem | None:
+    """UIDs, SOP class, File Meta agreement, and what the request said of the object."""
     sop_class = _text(ds, 0x0008_0016) or ""
     # PS3.4 B.2.3: the data set's SOP Class UID must be the one the command names. A value
     # that is not even a UID means the data set is damaged: the checks below say so.
-    expected = expected_sop_class_uid
+    expected = requested.sop_class_uid
     if expected is not None and is_valid_uid(sop_class) and sop_class != expected:
         return FatalProblem(
             StowFailure.DATASET_DOES_NOT_MATCH_SOP_CLASS,
@@ -91,11 +103,11 @@ def check_identity(
                 f"SOPInstanceUID {sop_instance}",
             )
     study = _text(ds, 0x0020_000D) or ""
-    if expected_study_uid is not None and study != expected_study_uid:
+    if requested.study_uid is not None and study != requested.study_uid:
         # PS3.18 §10.5.3: an instance of another study than the request's target.
         return FatalProblem(
             StowFailure.DATASET_DOES_NOT_MATCH_SOP_CLASS,
-            f"StudyInstanceUID {study} differs from the requested study {expected_study_uid}",
+            f"StudyInstanceUID {study} differs from the requested study {requested.study_uid}",
         )
     return None
 

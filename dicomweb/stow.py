@@ -29,6 +29,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from conformance.statuses import StowFailure
+from conformance.validation import RequestedIdentity
 from dicomweb.dicom_json import dataset_to_json, json_array_bytes
 from dicomweb.dicom_xml import json_to_xml
 from dicomweb.errors import HttpError, check_uid, stow_failure_for
@@ -243,7 +244,9 @@ class StowService:
             uids = await asyncio.to_thread(_peek_uids, part.path)
             return _Failure(StowFailure.CANNOT_UNDERSTAND, note, *uids)
         try:
-            return await self.archive.prepare(part.path, expected_study_uid=study)
+            return await self.archive.prepare(
+                part.path, requested=RequestedIdentity(study_uid=study)
+            )
         except Exception as exc:  # translated per instance into a FailureReason
             reason, message = stow_failure_for(exc)
             # The part's file is still there: it names the instance in FailedSOPSequence.

@@ -31,6 +31,7 @@ from pathlib import Path
 from pydicom.dataset import Dataset
 from pynetdicom.events import Event
 
+from conformance.validation import RequestedIdentity
 from dimse.ae_policy import AePolicy, Operation
 from dimse.bridge import LoopBridge
 from dimse.status import (
@@ -76,7 +77,9 @@ class StorageSCP:
             # PS3.4 B.2.3: the data set must be of the SOP class the command names; the
             # ingest checks it while it parses the data set (0xA900 otherwise).
             affected = str(event.request.AffectedSOPClassUID)
-            ingest = self._archive.ingest(spool, expected_sop_class_uid=affected)
+            ingest = self._archive.ingest(
+                spool, requested=RequestedIdentity(sop_class_uid=affected)
+            )
             outcome = self._bridge.run(ingest, self._timeout)
         except Exception as exc:
             return failure_dataset(exc, Service.STORE)

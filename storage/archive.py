@@ -24,6 +24,7 @@ from sqlalchemy.exc import DBAPIError, SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from config.settings import OverwritePolicy, StorageSettings
+from conformance.validation import ANY_IDENTITY, RequestedIdentity
 from storage.blobs import BlobReader, BlobStore
 from storage.cold import S3BlobStore
 from storage.errors import (
@@ -79,11 +80,7 @@ class ArchiveService(Protocol):
     """What the service layers (dicomweb, dimse) may call. Implemented by storage.Archive."""
 
     async def ingest(
-        self,
-        path: Path,
-        *,
-        expected_study_uid: str | None = None,
-        expected_sop_class_uid: str | None = None,
+        self, path: Path, *, requested: RequestedIdentity = ANY_IDENTITY
     ) -> IngestOutcome:
         """Store the Part-10 file (or bare data set) at ``path``.
 
@@ -93,19 +90,13 @@ class ArchiveService(Protocol):
 
         Raises IngestRejected (with a StowFailure: CANNOT_UNDERSTAND for files that do not
         parse or lack Study/Series/SOP Instance UIDs, SOP_CLASS_NOT_SUPPORTED,
-        DATASET_DOES_NOT_MATCH_SOP_CLASS also when ``expected_study_uid`` (a STOW-RS request's
-        study) or ``expected_sop_class_uid`` (a C-STORE request's Affected SOP Class) differs,
+        DATASET_DOES_NOT_MATCH_SOP_CLASS also when the object is not what ``requested`` says
+        (a STOW-RS request's study, a C-STORE request's Affected SOP Class),
         DuplicateInstance), OutOfResources, StoreUnavailable. On any error nothing is visible.
         """
         ...
 
-    async def prepare(
-        self,
-        path: Path,
-        *,
-        expected_study_uid: str | None = None,
-        expected_sop_class_uid: str | None = None,
-    ) -> Analysis:
+    async def prepare(self, path: Path, *, requested: RequestedIdentity = ANY_IDENTITY) -> Analysis:
         """The first half of :meth:`ingest`, for callers that commit many at once (STOW-RS):
         parse, validate, fsync the file where it is. Raises as ingest does; on failure the
         file is left for the caller (to name the instance in its answer, then remove)."""
@@ -249,18 +240,10 @@ class Archive:
     # -- ingest ---------------------------------------------------------------------------
 
     async def ingest(
-        self,
-        path: Path,
-        *,
-        expected_study_uid: str | None = None,
-        expected_sop_class_uid: str | None = None,
+        self, path: Path, *, requested: RequestedIdentity = ANY_IDENTITY
     ) -> IngestOutcome:
         try:
-            analysis = await self.prepare(
-                path,
-                expected_study_uid=expected_study_uid,
-                expected_sop_class_uid=expected_sop_class_uid,
-            )
+            analysis = await self.prepare(path, requested=requested)
         except BaseException:
             await asyncio.to_thread(remove_quietly, path)
             raise
@@ -269,20 +252,13 @@ class Archive:
             raise result
         return result
 
-    async def prepare(
-        self,
-        path: Path,
-        *,
-        expected_study_uid: str | None = None,
-        expected_sop_class_uid: str | None = None,
-    ) -> Analysis:
+    async def prepare(self, path: Path, *, requested: RequestedIdentity = ANY_IDENTITY) -> Analysis:
         job = functools.partial(
             prepare,
             path,
             bulkdata_threshold=self.bulkdata_threshold,
             bulkdata_base=BULKDATA_BASE,
-            expected_study_uid=expected_study_uid,
-            expected_sop_class_uid=expected_sop_class_uid,
+            requested=requested,
         )
         if self.ingest_workers is not None:
             return await self.ingest_workers.run(job)

@@ -35,7 +35,12 @@ from conformance.transfer_syntaxes import (
     IMPLICIT_VR_LITTLE_ENDIAN,
     lookup,
 )
-from conformance.validation import check_identity, expected_native_pixel_length
+from conformance.validation import (
+    ANY_IDENTITY,
+    RequestedIdentity,
+    check_identity,
+    expected_native_pixel_length,
+)
 from storage.errors import IngestRejected, StoreUnavailable
 from storage.frames import (
     PixelDataTruncated,
@@ -141,8 +146,7 @@ def prepare(
     *,
     bulkdata_threshold: int,
     bulkdata_base: str,
-    expected_study_uid: str | None,
-    expected_sop_class_uid: str | None = None,
+    requested: RequestedIdentity = ANY_IDENTITY,
 ) -> Analysis:
     """:func:`analyze` the file, then make its bytes durable where they are (fsync), so the
     commit that follows only renames it. The file stays in place on failure.
@@ -160,8 +164,7 @@ def prepare(
             path,
             bulkdata_threshold=bulkdata_threshold,
             bulkdata_base=bulkdata_base,
-            expected_study_uid=expected_study_uid,
-            expected_sop_class_uid=expected_sop_class_uid,
+            requested=requested,
         )
         try:
             os.fsync(fd)
@@ -178,11 +181,10 @@ def analyze(
     *,
     bulkdata_threshold: int,
     bulkdata_base: str,
-    expected_study_uid: str | None,
-    expected_sop_class_uid: str | None = None,
+    requested: RequestedIdentity = ANY_IDENTITY,
 ) -> Analysis:
-    """Read ``path`` once; raise IngestRejected for objects that must not be stored.
-    ``expected_*``: what the request named (see :func:`conformance.validation.check_identity`)."""
+    """Read ``path`` once; raise IngestRejected for objects that must not be stored
+    (``requested``: see :func:`conformance.validation.check_identity`)."""
     try:
         size, sha256, source = _read_for_parsing(path)
     except OSError as exc:
@@ -204,8 +206,7 @@ def analyze(
             sha256,
             bulkdata_threshold,
             bulkdata_base,
-            expected_study_uid,
-            expected_sop_class_uid,
+            requested,
         )
     except IngestRejected:
         raise
@@ -235,8 +236,7 @@ def _analyze_dataset(
     sha256: str,
     threshold: int,
     base: str,
-    expected_study_uid: str | None,
-    expected_sop_class_uid: str | None,
+    requested: RequestedIdentity,
 ) -> Analysis:
     if len(ds) == 0:
         raise _reject(
@@ -254,7 +254,7 @@ def _analyze_dataset(
         rendered = render_unprefixed(ds, threshold=threshold)
     except Exception:
         rendered = None
-    problem = check_identity(ds, expected_study_uid, expected_sop_class_uid)
+    problem = check_identity(ds, requested)
     if problem is not None:
         raise _reject(problem.failure, problem.message)
     study, series, sop = (

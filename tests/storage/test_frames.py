@@ -21,7 +21,6 @@ def _analyze(name: str):  # type: ignore[no-untyped-def]
         Path(get_testdata_file(name)),
         bulkdata_threshold=1024,
         bulkdata_base="arca-base:",
-        expected_study_uid=None,
     )
 
 

@@ -17,6 +17,7 @@ from pydicom.uid import generate_uid
 import storage.archive
 from config.settings import OverwritePolicy
 from conformance.statuses import StowFailure
+from conformance.validation import RequestedIdentity
 from storage.archive import BULKDATA_BASE, Archive
 from storage.errors import (
     DuplicateInstance,
@@ -247,11 +248,13 @@ async def test_expected_study_mismatch_names_both(archive: Archive, tmp_path: Pa
     ds = make_dataset()
     other = generate_uid()
     with pytest.raises(IngestRejected) as caught:
-        await archive.ingest(write(ds, tmp_path), expected_study_uid=other)
+        await archive.ingest(write(ds, tmp_path), requested=RequestedIdentity(study_uid=other))
     assert caught.value.failure is StowFailure.DATASET_DOES_NOT_MATCH_SOP_CLASS
     assert ds.StudyInstanceUID in caught.value.message and other in caught.value.message
     await _nothing_stored(archive)
-    ok = await archive.ingest(write(ds, tmp_path), expected_study_uid=ds.StudyInstanceUID)
+    ok = await archive.ingest(
+        write(ds, tmp_path), requested=RequestedIdentity(study_uid=ds.StudyInstanceUID)
+    )
     assert ok.status is IngestStatus.STORED
 
 
@@ -261,7 +264,9 @@ async def test_expected_sop_class_mismatch_is_refused(archive: Archive, tmp_path
     ds = make_dataset(sop_class=MR_IMAGE_STORAGE)
     assert ds.file_meta.MediaStorageSOPClassUID == MR_IMAGE_STORAGE  # only the request differs
     with pytest.raises(IngestRejected) as caught:
-        await archive.ingest(write(ds, tmp_path), expected_sop_class_uid=CT_IMAGE_STORAGE)
+        await archive.ingest(
+            write(ds, tmp_path), requested=RequestedIdentity(sop_class_uid=CT_IMAGE_STORAGE)
+        )
     assert caught.value.failure is StowFailure.DATASET_DOES_NOT_MATCH_SOP_CLASS
     assert MR_IMAGE_STORAGE in caught.value.message and CT_IMAGE_STORAGE in caught.value.message
     await _nothing_stored(archive)
@@ -273,10 +278,14 @@ async def test_expected_sop_class_leaves_a_damaged_class_to_the_other_checks(
     ds = make_dataset()
     ds.SOPClassUID = "not-a-uid"
     with pytest.raises(IngestRejected) as caught:
-        await archive.ingest(write(ds, tmp_path), expected_sop_class_uid=CT_IMAGE_STORAGE)
+        await archive.ingest(
+            write(ds, tmp_path), requested=RequestedIdentity(sop_class_uid=CT_IMAGE_STORAGE)
+        )
     assert caught.value.failure is StowFailure.CANNOT_UNDERSTAND
     ok = make_dataset()
-    stored = await archive.ingest(write(ok, tmp_path), expected_sop_class_uid=CT_IMAGE_STORAGE)
+    stored = await archive.ingest(
+        write(ok, tmp_path), requested=RequestedIdentity(sop_class_uid=CT_IMAGE_STORAGE)
+    )
     assert stored.status is IngestStatus.STORED
 
 

@@ -31,9 +31,7 @@ def workers() -> Iterator[IngestWorkers]:
 
 
 def _job(path: Path) -> functools.partial[Analysis]:
-    return functools.partial(
-        prepare, path, bulkdata_threshold=1024, bulkdata_base="", expected_study_uid=None
-    )
+    return functools.partial(prepare, path, bulkdata_threshold=1024, bulkdata_base="")
 
 
 def _object(tmp_path: Path, name: str, data: bytes | None = None) -> Path:

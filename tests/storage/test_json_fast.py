@@ -286,7 +286,7 @@ def _reference_analysis(path: Path) -> dict[str, Any]:
         ds = _read(path)
         if len(ds) == 0:
             return {"rejected": "empty"}
-        problem = check_identity(ds, None)
+        problem = check_identity(ds)
         if problem is not None:
             return {"rejected": (int(problem.failure), problem.message)}
         study, series, sop = (
@@ -320,7 +320,6 @@ def _analysis(path: Path) -> dict[str, Any]:
                 path,
                 bulkdata_threshold=THRESHOLD,
                 bulkdata_base="arca-base:",
-                expected_study_uid=None,
             )
     except IngestRejected as exc:
         return {"rejected": exc}
