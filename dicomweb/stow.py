@@ -17,9 +17,12 @@ warnings, 409 none stored, 400 malformed body, 413 too large, 415 unsupported me
 from __future__ import annotations
 
 import asyncio
+import os
 import pickle
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
+from typing import BinaryIO
 
 from pydicom import dcmread
 from pydicom.dataset import Dataset
@@ -54,8 +57,8 @@ COMMIT_BATCH = 32
 """Instances of one request committed in one index transaction."""
 HELD_IN_MEMORY = 2 * COMMIT_BATCH
 """Prepared instances of one request kept in memory while its body still arrives. The
-analyses of later parts (each holds the instance's metadata, 10–20 KB for a CT slice) are
-pickled beside their part files until their slice commits: a request of 100,000 instances
+analyses of later parts (each holds the instance's metadata, 10–20 KB for a CT slice) wait
+on disk until their slice commits (:class:`_SpillFile`): a request of 100,000 instances
 would otherwise hold gigabytes."""
 PREPARE_CONCURRENCY = 3
 """Parts of one request prepared at the same time (parsing holds the GIL; hashing and fsync
@@ -64,39 +67,75 @@ do not)."""
 
 @dataclass(frozen=True)
 class _Spilled:
-    """A prepared part whose Analysis waits pickled in ``path`` (see HELD_IN_MEMORY)."""
+    """A prepared part whose Analysis waits pickled in the request's :class:`_SpillFile`."""
 
-    path: Path
-
-
-def _spill(analysis: Analysis, part_path: Path) -> Analysis | _Spilled:
-    target = part_path.with_name(part_path.name + ".analysis")
-    try:
-        target.write_bytes(pickle.dumps(analysis, protocol=pickle.HIGHEST_PROTOCOL))
-    except OSError:
-        target.unlink(missing_ok=True)
-        return analysis  # no room on the spool: keep this one in memory
-    return _Spilled(target)
+    offset: int
+    length: int
 
 
-def _load_spilled(prepared: list[Analysis | _Failure | _Spilled]) -> list[Analysis | _Failure]:
-    loaded: list[Analysis | _Failure] = []
-    for p in prepared:
-        if isinstance(p, _Spilled):
-            # Our own file in our own spool folder, written by _spill for this request.
-            loaded.append(pickle.loads(p.path.read_bytes()))
-            p.path.unlink(missing_ok=True)
-        else:
-            loaded.append(p)
-    return loaded
+class _SpillFile:
+    """One request's analyses past HELD_IN_MEMORY, appended to one unnamed file (``O_TMPFILE``
+    where the filesystem has it) in the spool folder and read back by offset: one file per
+    request however many parts it has (a file per part put 100,000 more entries in the spool
+    folder for a request of 100,000 instances). Nothing is left behind by a crash; closing
+    frees it."""
+
+    def __init__(self, directory: Path) -> None:
+        self._directory = directory
+        self._file: BinaryIO | None = None
+        self._opening = asyncio.Lock()
+        self._end = 0
+        self._writing: set[asyncio.Future[None]] = set()
+
+    async def put(self, analysis: Analysis) -> Analysis | _Spilled:
+        """The analysis, written out; or kept as it is when the spool has no room."""
+        data = pickle.dumps(analysis, protocol=pickle.HIGHEST_PROTOCOL)
+        offset, self._end = self._end, self._end + len(data)  # reserved on the loop: no lock
+        try:
+            async with self._opening:
+                if self._file is None:
+                    self._file = await asyncio.to_thread(_unnamed_file, self._directory)
+                fd = self._file.fileno()
+            loop = asyncio.get_running_loop()
+            write = loop.run_in_executor(None, _pwrite_all, fd, data, offset)
+            self._writing.add(write)
+            write.add_done_callback(self._writing.discard)
+            # Shielded: a cancelled request still waits for its writes before closing the file.
+            await asyncio.shield(write)
+        except OSError:
+            return analysis  # no room on the spool: keep this one in memory
+        return _Spilled(offset, len(data))
+
+    def load(self, prepared: list[Analysis | _Failure | _Spilled]) -> list[Analysis | _Failure]:
+        """``prepared`` with each spilled analysis read back (call in a thread: it reads)."""
+        loaded: list[Analysis | _Failure] = []
+        for p in prepared:
+            if isinstance(p, _Spilled):
+                assert self._file is not None
+                data = os.pread(self._file.fileno(), p.length, p.offset)
+                loaded.append(pickle.loads(data))  # our own file, written by put()
+            else:
+                loaded.append(p)
+        return loaded
+
+    async def close(self) -> None:
+        try:
+            await asyncio.gather(*self._writing, return_exceptions=True)
+        finally:
+            if self._file is not None:
+                self._file.close()
+                self._file = None
 
 
-def _remove_spilled(done: list[asyncio.Task[Analysis | _Failure | _Spilled]]) -> None:
-    for task in done:
-        if task.done() and not task.cancelled() and task.exception() is None:
-            result = task.result()
-            if isinstance(result, _Spilled):
-                result.path.unlink(missing_ok=True)
+def _unnamed_file(directory: Path) -> BinaryIO:
+    return tempfile.TemporaryFile(dir=directory)
+
+
+def _pwrite_all(fd: int, data: bytes, offset: int) -> None:
+    with memoryview(data) as view:
+        while view:
+            written = os.pwrite(fd, view, offset)
+            view, offset = view[written:], offset + written
 
 
 @dataclass(frozen=True)
@@ -157,12 +196,13 @@ class StowService:
                 raise BodyTooLarge(self.max_bytes)
         limit = asyncio.Semaphore(PREPARE_CONCURRENCY)
         preparing: list[asyncio.Task[Analysis | _Failure | _Spilled]] = []
+        spill = _SpillFile(self.spool_dir)
 
         async def prepare_one(part: Part, index: int) -> Analysis | _Failure | _Spilled:
             async with limit:
                 prepared = await self._prepare_part(part, study)
                 if index >= HELD_IN_MEMORY and isinstance(prepared, Analysis):
-                    return await asyncio.to_thread(_spill, prepared, part.path)
+                    return await spill.put(prepared)
                 return prepared
 
         def on_part(part: Part) -> None:
@@ -177,7 +217,7 @@ class StowService:
             for task in preparing:
                 task.cancel()
             await asyncio.gather(*preparing, return_exceptions=True)
-            await asyncio.to_thread(_remove_spilled, preparing)
+            await spill.close()
             raise
         results: list[IngestOutcome | _Failure] = []
         try:
@@ -186,7 +226,7 @@ class StowService:
             for start in range(0, len(preparing), COMMIT_BATCH):
                 waited = await asyncio.gather(*preparing[start : start + COMMIT_BATCH])
                 if any(isinstance(p, _Spilled) for p in waited):
-                    prepared = await asyncio.to_thread(_load_spilled, waited)
+                    prepared = await asyncio.to_thread(spill.load, waited)
                 else:
                     prepared = [p for p in waited if not isinstance(p, _Spilled)]
                 ready = [p for p in prepared if isinstance(p, Analysis)]
@@ -208,7 +248,7 @@ class StowService:
             raise
         finally:
             spooled.discard()
-            await asyncio.to_thread(_remove_spilled, preparing)
+            await spill.close()
         stored = [r for r in results if isinstance(r, IngestOutcome)]
         failed = [r for r in results if isinstance(r, _Failure)]
         base = self.base_url(request)

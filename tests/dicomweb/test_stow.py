@@ -190,19 +190,20 @@ def test_a_long_request_waits_on_disk_and_stores_every_instance(
     # The server runs in this process: past 2 parts, prepared analyses are pickled to disk.
     monkeypatch.setattr(dicomweb.stow, "HELD_IN_MEMORY", 2)
     spilled: list[object] = []
-    spill = dicomweb.stow._spill
+    put = dicomweb.stow._SpillFile.put
 
-    def counting_spill(*args: Any) -> Any:
-        spilled.append(result := spill(*args))
+    async def counting_put(*args: Any) -> Any:
+        spilled.append(result := await put(*args))
         return result
 
-    monkeypatch.setattr(dicomweb.stow, "_spill", counting_spill)
+    monkeypatch.setattr(dicomweb.stow._SpillFile, "put", counting_put)
     pid = unique_patient()
     first = make_instance(CT, patient_id=pid)
     instances = [first] + [make_instance(CT, patient_id=pid, study=first.study) for _ in range(5)]
     r = post(dw, body_of(*(i.data for i in instances)))
     assert r.status_code == 200, r.text
     assert len(spilled) == 4
+    assert all(isinstance(s, dicomweb.stow._Spilled) for s in spilled)  # on disk, not kept
     with dw.http() as http:
         for inst in instances:
             got = http.get(
