@@ -11,7 +11,8 @@ the response lists what was stored (ReferencedSOPSequence) and what was not
 (FailedSOPSequence).
 
 Statuses (PS3.18 §10.5.3 Table 10.5.3-1): 200 all stored, 202 some failed or were stored with
-warnings, 409 none stored, 400 malformed body, 413 too large, 415 unsupported media type.
+warnings, 409 none stored, 400 malformed body, 413 too large, 415 unsupported media type; and
+507 when the spool has no room for the body (503 when it fails otherwise).
 """
 
 from __future__ import annotations
