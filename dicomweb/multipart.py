@@ -225,10 +225,12 @@ class _Parser:
         return self.result
 
     def abort(self) -> None:
-        if self.file is not None:
-            self.file.close()
-            self.file = None
-        self.result.discard()
+        file, self.file = self.file, None
+        try:
+            if file is not None:
+                file.close()  # may fail (a full disk): the files go all the same
+        finally:
+            self.result.discard()
 
 
 async def spool_multipart(

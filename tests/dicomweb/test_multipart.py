@@ -114,15 +114,16 @@ def small_filesystem(tmp_path: Path) -> Iterator[Path]:
         subprocess.run(["umount", "-l", str(mount_point)], check=False)
 
 
+@pytest.mark.parametrize("chunk_size", [64 * 1024, 1000])  # 1000: writes wait in a buffer
 async def test_a_full_spool_disk_is_out_of_resources_and_leaves_nothing(
-    small_filesystem: Path, tmp_path: Path
+    small_filesystem: Path, chunk_size: int
 ) -> None:
     spool = small_filesystem / "spool"
     seen: list[Path] = []
     data = body([bytes(300_000), bytes(300_000), bytes(600_000)])  # the third does not fit
     with pytest.raises(OutOfResources, match="no space left on the server"):
         await spool_multipart(
-            chunked(data, 64 * 1024), "b0und", spool, 1 << 30, lambda p: seen.append(p.path)
+            chunked(data, chunk_size), "b0und", spool, 1 << 30, lambda p: seen.append(p.path)
         )
     assert len(seen) == 2  # the parts that fitted were offered as they completed...
     assert list(spool.iterdir()) == []  # ...and are gone with the rest
