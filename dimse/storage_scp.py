@@ -24,7 +24,6 @@ import contextlib
 import errno
 import logging
 import os
-import re
 import tempfile
 from pathlib import Path
 
@@ -45,9 +44,6 @@ from storage.archive import ArchiveService
 from storage.errors import OutOfResources
 
 log = logging.getLogger("arca.dimse")
-
-_SOP_CLASS = 0x0008_0016
-_UID = re.compile(r"[0-9]+(\.[0-9]+)*")
 
 
 class StorageSCP:
