@@ -53,8 +53,12 @@ def is_valid_uid(value: object) -> bool:
     return isinstance(value, str) and 0 < len(value) <= 64 and bool(_UID.match(value))
 
 
-def _text(ds: Dataset, tag: int) -> str | None:
-    elem = ds.get(tag)
+def uid_text(ds: Dataset, tag: int) -> str | None:
+    """A UID element's text as read, without trailing NULs and spaces; None when absent.
+
+    A UID's bytes are its text (PS3.5 §9.1: ASCII digits and '.'), so an element still raw
+    is decoded here instead of being converted by pydicom."""
+    elem = ds.get_item(tag) if tag in ds else None
     if elem is None or elem.value is None:
         return None
     value = elem.value
@@ -65,7 +69,7 @@ def _text(ds: Dataset, tag: int) -> str | None:
 
 def check_identity(ds: Dataset, requested: RequestedIdentity = ANY_IDENTITY) -> FatalProblem | None:
     """UIDs, SOP class, File Meta agreement, and what the request said of the object."""
-    sop_class = _text(ds, 0x0008_0016) or ""
+    sop_class = uid_text(ds, 0x0008_0016) or ""
     # PS3.4 B.2.3: the data set's SOP Class UID must be the one the command names. A value
     # that is not even a UID means the data set is damaged: the checks below say so.
     expected = requested.sop_class_uid
@@ -75,12 +79,12 @@ def check_identity(ds: Dataset, requested: RequestedIdentity = ANY_IDENTITY) -> 
             f"data set SOP class {sop_class} differs from the request's {expected}",
         )
     for keyword, tag in REQUIRED_UIDS:
-        value = _text(ds, tag)
+        value = uid_text(ds, tag)
         if not value:
             return FatalProblem(StowFailure.CANNOT_UNDERSTAND, f"{keyword} is missing")
         if not is_valid_uid(value):
             return FatalProblem(StowFailure.CANNOT_UNDERSTAND, f"{keyword} {value!r} is not a UID")
-    sop_instance = _text(ds, 0x0008_0018) or ""
+    sop_instance = uid_text(ds, 0x0008_0018) or ""
     if not is_storage_sop_class(sop_class):
         return FatalProblem(
             StowFailure.SOP_CLASS_NOT_SUPPORTED,
@@ -89,8 +93,8 @@ def check_identity(ds: Dataset, requested: RequestedIdentity = ANY_IDENTITY) -> 
     meta = getattr(ds, "file_meta", None)
     if meta is not None:
         # PS3.10 §7.1: the File Meta Information must name the same class and instance.
-        media_class = _text(meta, 0x0002_0002)
-        media_instance = _text(meta, 0x0002_0003)
+        media_class = uid_text(meta, 0x0002_0002)
+        media_instance = uid_text(meta, 0x0002_0003)
         if media_class and media_class != sop_class:
             return FatalProblem(
                 StowFailure.DATASET_DOES_NOT_MATCH_SOP_CLASS,
@@ -102,7 +106,7 @@ def check_identity(ds: Dataset, requested: RequestedIdentity = ANY_IDENTITY) -> 
                 f"MediaStorageSOPInstanceUID {media_instance} differs from "
                 f"SOPInstanceUID {sop_instance}",
             )
-    study = _text(ds, 0x0020_000D) or ""
+    study = uid_text(ds, 0x0020_000D) or ""
     if requested.study_uid is not None and study != requested.study_uid:
         # PS3.18 §10.5.3: an instance of another study than the request's target.
         return FatalProblem(
@@ -113,12 +117,8 @@ def check_identity(ds: Dataset, requested: RequestedIdentity = ANY_IDENTITY) -> 
 
 
 def expected_native_pixel_length(ds: Dataset) -> int | None:
-    """Bytes native Pixel Data must hold (PS3.5 §8.1.1), or None when unknown.
-
-    Rows × Columns × SamplesPerPixel × BitsAllocated / 8 × NumberOfFrames, rounded up to
-    whole bytes (BitsAllocated 1 packs bits across frames); two thirds of that for
-    YBR_FULL_422 (chroma subsampled). Only meaningful for native (uncompressed) syntaxes.
-    """
+    """Bytes native Pixel Data must hold (PS3.5 §8.1.1), or None when unknown (see
+    :func:`native_pixel_length`). Only meaningful for native (uncompressed) syntaxes."""
     try:
         rows = int(ds[0x0028_0010].value)
         columns = int(ds[0x0028_0011].value)
@@ -128,9 +128,20 @@ def expected_native_pixel_length(ds: Dataset) -> int | None:
         frames = int(frames_elem.value) if frames_elem is not None and frames_elem.value else 1
     except (KeyError, TypeError, ValueError):
         return None
-    total_bits = rows * columns * samples * bits * max(frames, 1)
     photometric = ds.get(0x0028_0004)
-    if photometric is not None and str(photometric.value).strip() == "YBR_FULL_422":
+    return native_pixel_length(
+        rows, columns, samples, bits, frames, "" if photometric is None else photometric.value
+    )
+
+
+def native_pixel_length(
+    rows: int, columns: int, samples: int, bits: int, frames: int, photometric: object
+) -> int:
+    """Rows × Columns × SamplesPerPixel × BitsAllocated / 8 × NumberOfFrames, rounded up to
+    whole bytes (BitsAllocated 1 packs bits across frames); two thirds of that for
+    YBR_FULL_422 (chroma subsampled)."""
+    total_bits = rows * columns * samples * bits * max(frames, 1)
+    if str(photometric).strip() == "YBR_FULL_422":
         # Native YBR_FULL_422 stores two chroma samples per two pixels (PS3.3 C.7.6.3.1.2):
         # 2 samples per pixel on average instead of 3.
         total_bits = total_bits * 2 // 3

@@ -39,7 +39,8 @@ from conformance.validation import (
     ANY_IDENTITY,
     RequestedIdentity,
     check_identity,
-    expected_native_pixel_length,
+    native_pixel_length,
+    uid_text,
 )
 from storage.errors import IngestRejected, StoreUnavailable
 from storage.frames import (
@@ -257,12 +258,14 @@ def _analyze_dataset(
     problem = check_identity(ds, requested)
     if problem is not None:
         raise _reject(problem.failure, problem.message)
-    study, series, sop = (
-        str(ds[t].value).strip("\x00 ") for t in (0x0020_000D, 0x0020_000E, 0x0008_0018)
+    # Valid UIDs all four, check_identity says.
+    study, series, sop, sop_class = (
+        uid_text(ds, tag) or "" for tag in (0x0020_000D, 0x0020_000E, 0x0008_0018, 0x0008_0016)
     )
-    sop_class = str(ds[0x0008_0016].value).strip("\x00 ")
     ts_uid = _transfer_syntax(ds)
-    number_of_frames, frames = _frames(path, ds, ts_uid, size, pixel_data)
+    rendered_meta = None if rendered is None else rendered[0]
+    pixel = _pixel_attributes(ds, rendered_meta)
+    number_of_frames, frames = _frames(path, ds, ts_uid, size, pixel_data, rendered_meta, pixel)
     if rendered is None:
         metadata = instance_json(
             ds, threshold=threshold, base=base, study=study, series=series, sop=sop
@@ -270,13 +273,6 @@ def _analyze_dataset(
     else:
         metadata, bulk = rendered
         prefix_bulkdata(bulk, base=base, study=study, series=series, sop=sop)
-    pixel: dict[str, int | str] = {}
-    for keyword, tag in _PIXEL_KEYWORDS.items():
-        value = _pixel_value(metadata, tag)
-        if value is _UNDECIDED:
-            value = ds.get(keyword)
-        if value is not None and value != "":
-            pixel[keyword] = value if isinstance(value, str) else int(value)
     levels = split_levels(metadata)
     analysis = Analysis(
         study_uid=study,
@@ -298,18 +294,20 @@ def _analyze_dataset(
 
 
 def _frames(
-    path: Path, ds: Dataset, ts_uid: str, file_size: int, raw: DataElement | RawDataElement | None
+    path: Path,
+    ds: Dataset,
+    ts_uid: str,
+    file_size: int,
+    raw: DataElement | RawDataElement | None,
+    meta: Rendered | None,
+    pixel: dict[str, int | str],
 ) -> tuple[int, tuple[FrameSpan, ...] | None]:
-    """Number of frames and their spans in the file; ``raw``: Pixel Data as read."""
+    """Number of frames and their spans in the file; ``raw``: Pixel Data as read, ``meta``:
+    the rendered metadata, ``pixel``: the image pixel attributes read from it."""
     if raw is None:
         return 0, ()
-    frames_elem = ds.get(0x0028_0008)
-    try:
-        number_of_frames = (
-            max(int(frames_elem.value), 1) if frames_elem and frames_elem.value else 1
-        )
-    except (TypeError, ValueError):
-        number_of_frames = 1
+    number_of_frames = max(_int(ds, 0x0028_0008, meta) or 1, 1)
+    expected = _expected_native_length(pixel, number_of_frames)
     syntax = lookup(ts_uid)
     encapsulated = syntax.encapsulated if syntax else False
     deflated = ts_uid == DEFLATED_EXPLICIT_VR_LITTLE_ENDIAN
@@ -317,7 +315,6 @@ def _frames(
         # Offsets into a deflated stream say nothing about the stored bytes; a converted
         # element has lost its file position. Check the length we can see.
         value = ds.PixelData
-        expected = expected_native_pixel_length(ds)
         if not encapsulated and expected is not None and len(value) < expected:
             raise PixelDataTruncated(f"Pixel Data holds {len(value)} bytes, needs {expected}")
         return number_of_frames, None
@@ -336,15 +333,29 @@ def _frames(
             f"Pixel Data claims {length} bytes, the file ends {file_size - value_offset} "
             "bytes after its start"
         )
-    expected = expected_native_pixel_length(ds)
     if expected is not None and length < expected:
         raise PixelDataTruncated(f"Pixel Data holds {length} bytes, needs {expected}")
-    bits = ds.get(0x0028_0100)
-    if expected is None or ts_uid == EXPLICIT_VR_BIG_ENDIAN or (bits and int(bits.value) == 1):
+    if expected is None or ts_uid == EXPLICIT_VR_BIG_ENDIAN or pixel.get("BitsAllocated") == 1:
         return number_of_frames, None
     return number_of_frames, native_spans(
         value_offset, length, expected // number_of_frames, number_of_frames
     )
+
+
+def _expected_native_length(pixel: dict[str, int | str], frames: int) -> int | None:
+    """:func:`~conformance.validation.native_pixel_length` of the pixel attributes; None
+    when Rows, Columns or BitsAllocated is missing."""
+    rows, columns, bits = (pixel.get(k) for k in ("Rows", "Columns", "BitsAllocated"))
+    samples = pixel.get("SamplesPerPixel", 1)
+    if not (
+        isinstance(rows, int)
+        and isinstance(columns, int)
+        and isinstance(bits, int)
+        and isinstance(samples, int)
+    ):
+        return None
+    photometric = pixel.get("PhotometricInterpretation", "")
+    return native_pixel_length(rows, columns, samples, bits, frames, photometric)
 
 
 def normalize_pn(value: str | None) -> str | None:
@@ -398,6 +409,19 @@ def _rendered_value(meta: Rendered | None, tag: int, kinds: tuple[type, ...]) ->
     if len(values) == 1 and type(values[0]) in kinds:
         return values[0]
     return _UNDECIDED
+
+
+def _pixel_attributes(ds: Dataset, meta: Rendered | None) -> dict[str, int | str]:
+    """The image pixel attributes the object has (for the index and the frame spans), read
+    from the rendered metadata where it holds them plainly."""
+    pixel: dict[str, int | str] = {}
+    for keyword, tag in _PIXEL_KEYWORDS.items():
+        value: Any = _UNDECIDED if meta is None else _pixel_value(meta, tag)
+        if value is _UNDECIDED:
+            value = ds.get(keyword)
+        if value is not None and value != "":
+            pixel[keyword] = value if isinstance(value, str) else int(value)
+    return pixel
 
 
 def _pixel_value(meta: Rendered, tag: int) -> Any:

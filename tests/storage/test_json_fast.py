@@ -293,14 +293,15 @@ def _reference_analysis(path: Path) -> dict[str, Any]:
             str(ds[t].value).strip("\x00 ") for t in (0x0020_000D, 0x0020_000E, 0x0008_0018)
         )
         pixel_data = ds.get_item(PIXEL_DATA, keep_deferred=True)
-        _, frames = _frames(path, ds, _transfer_syntax(ds), size, pixel_data)
-        prefix = bulkdata_uri("arca-base:", study, series, sop, "").rstrip("/")
-        meta = _reference_json(ds, prefix)
         pixel: dict[str, int | str] = {}
         for keyword in _PIXEL_KEYWORDS:
             value = ds.get(keyword)
             if value is not None and value != "":
                 pixel[keyword] = value if isinstance(value, str) else int(value)
+        # No rendered metadata: _frames reads what it needs from the data set.
+        _, frames = _frames(path, ds, _transfer_syntax(ds), size, pixel_data, None, pixel)
+        prefix = bulkdata_uri("arca-base:", study, series, sop, "").rstrip("/")
+        meta = _reference_json(ds, prefix)
         return {
             "metadata": _dumps(meta),
             "levels": {k: _dumps(v) for k, v in split_levels(meta).items()},
