@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 from pydicom.data import get_testdata_file
-from pydicom.uid import generate_uid
+from pydicom.uid import UID, generate_uid
 
 import storage.archive
 from config.settings import OverwritePolicy
@@ -242,6 +242,26 @@ async def test_rejections_store_nothing(
     assert caught.value.failure is failure
     assert words in caught.value.message
     await _nothing_stored(archive)
+
+
+async def test_uids_are_read_without_their_padding(archive: Archive, tmp_path: Path) -> None:
+    # Odd-length UIDs are written padded with a NUL (PS3.5 §9.1); an empty one is missing.
+    ds = make_dataset()
+    ds.StudyInstanceUID, ds.SeriesInstanceUID = UID("1.2.826.0.1.3"), UID("1.2.826.0.1.35")
+    ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = UID("1.2.826.0.1.357")
+    path = write(ds, tmp_path, "odd.dcm")
+    assert b"1.2.826.0.1.3\x00" in path.read_bytes()
+    stored = await archive.ingest(path)
+    assert (stored.study_uid, stored.series_uid, stored.sop_instance_uid) == (
+        "1.2.826.0.1.3",
+        "1.2.826.0.1.35",
+        "1.2.826.0.1.357",
+    )
+    ds.SeriesInstanceUID = UID("")
+    with pytest.raises(IngestRejected) as caught:
+        await archive.ingest(write(ds, tmp_path, "empty.dcm"))
+    assert caught.value.failure is StowFailure.CANNOT_UNDERSTAND
+    assert "SeriesInstanceUID is missing" in caught.value.message
 
 
 async def test_expected_study_mismatch_names_both(archive: Archive, tmp_path: Path) -> None:
