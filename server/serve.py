@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import logging
+import signal
+from collections.abc import Iterator
 
 import uvicorn
 
@@ -60,10 +63,29 @@ def serve(settings: Settings) -> int:
     )
     server = uvicorn.Server(config)
     # uvicorn installs SIGINT/SIGTERM handlers: it stops accepting, drains, runs the lifespan
-    # shutdown (archive, transcoder, DIMSE closed) and returns.
-    server.run()
+    # shutdown (archive, transcoder, DIMSE closed) and returns; then it raises the signal
+    # again through the handlers it found, which here only note it, so a stop by signal
+    # ends as a clean exit (status 0) with its last log line instead of dying on the spot.
+    with _signals_noted() as noted:
+        server.run()
     if not server.started:
         log.error("arca did not start (see the messages above)")
         return 3
-    log.info("arca stopped")
+    log.info("arca stopped%s", f" ({noted[0].name})" if noted else "")
     return 0
+
+
+@contextlib.contextmanager
+def _signals_noted() -> Iterator[list[signal.Signals]]:
+    """SIGINT/SIGTERM handlers that only record the signal, for the duration."""
+    noted: list[signal.Signals] = []
+
+    def note(signum: int, frame: object) -> None:
+        noted.append(signal.Signals(signum))
+
+    previous = {sig: signal.signal(sig, note) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield noted
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)

@@ -50,8 +50,11 @@ def test_sigterm_lets_a_running_stow_finish(start_arca: StartArca, tmp_path: Pat
     killer.join()
     assert r.status_code == 200, r.text[:300]
     assert arca.process is not None
-    assert arca.process.wait(timeout=60) in (0, -signal.SIGTERM)
+    # A stop by signal is a clean exit that says so (uvicorn re-raises the signal after its
+    # shutdown; arca's own handler only notes it).
+    assert arca.process.wait(timeout=60) == 0
     assert "arca shutting down" in arca.log_text()
+    assert "arca stopped (SIGTERM)" in arca.log_text()
 
     arca.start()
     with httpx.Client(timeout=60) as client:
