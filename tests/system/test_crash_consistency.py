@@ -45,11 +45,6 @@ PARTIAL_AT_LEAST = 10
 """Kill once this many instances of the large STOW are visible (and fewer than all)."""
 
 
-def _visible(arca: ArcaProcess, study_uid: str) -> int:
-    with httpx.Client(timeout=10) as client:
-        return len(instance_uids(client, arca.dicomweb_url, study_uid))
-
-
 def _sources(series: Series) -> dict[str, bytes]:
     return {
         uid: path.read_bytes()
@@ -155,13 +150,16 @@ def test_sigkill_during_stow_leaves_every_instance_whole_or_absent(
     for t in threads:
         t.start()
     try:
+        # The large STOW's commits take ~0.1 s after its first is visible: poll on one open
+        # connection, without pause, so the kill lands among them.
         deadline = time.monotonic() + 300
         visible = 0
-        while time.monotonic() < deadline:
-            visible = _visible(arca, large.study_uid)
-            if visible >= PARTIAL_AT_LEAST:
-                break
-            time.sleep(0.05)
+        with httpx.Client(timeout=10) as poll:
+            while time.monotonic() < deadline:
+                visible = len(instance_uids(poll, arca.dicomweb_url, large.study_uid))
+                if visible >= PARTIAL_AT_LEAST:
+                    break
+                time.sleep(0.002)
         arca.kill()
     finally:
         stop_slow.set()
