@@ -1,9 +1,11 @@
 """WADO-RS (PS3.18 §10.4): instances of a study / series / instance, metadata, and DELETE.
 
 Instances stream as multipart/related; type="application/dicom" straight from the blob store.
-Consecutive stored-syntax parts are read in batches of up to BATCH_BYTES (files named by the
-archive's optional ``hot_path`` are opened without a thread hop, others through
-``open_blob``), a batch or two ahead of the one being written. When every part is sent as
+Consecutive stored-syntax parts form batches of up to BATCH_BYTES. Where the server offers
+ASGI's zero-copy send (server.zero_copy) and every part of a batch has a hot-tier file (the
+archive's optional ``hot_path``), the batch goes out as open files, which the server sends by
+sendfile(2) without reading them. Other batches are read a batch or two ahead of the one
+being written (hot files without a thread hop, others through ``open_blob``). When every part is sent as
 stored, the body length is known from the index and sent as Content-Length, which spares the
 chunked transfer coding's copy of every chunk. Parts over WHOLE_PART_BYTES stream in
 CHUNK_SIZE chunks. An instance whose stored transfer syntax the client does not accept goes
@@ -36,6 +38,7 @@ from conformance.transfer_syntaxes import TRANSFER_SYNTAXES
 from dicomweb.dicom_json import join_metadata
 from dicomweb.dicom_xml import json_to_xml
 from dicomweb.errors import HttpError
+from dicomweb.file_body import FileStreamingResponse, OpenFile, offers_zero_copy
 from dicomweb.media import (
     DICOM,
     DICOM_XML,
@@ -145,13 +148,15 @@ class WadoService:
         syntaxes = {target for _, target in sendable}
         params = {"transfer_syntax": next(iter(syntaxes))} if len(syntaxes) == 1 else {}
         media_type = multipart_content_type(DICOM, boundary, **params)
-        parts = _PartQueue(self, sendable, boundary)
+        # Stored parts from hot-tier files go by the server's sendfile when it offers it.
+        zero_copy = self.hot_path is not None and offers_zero_copy(request.scope)
+        parts = _PartQueue(self, sendable, boundary, zero_copy)
         # Fetch the first batch before answering, so an error there still gets its status.
         await parts.prime()
         headers = {}
         if parts.content_length is not None:
             headers["Content-Length"] = str(parts.content_length)
-        return StreamingResponse(
+        return FileStreamingResponse(
             self._multipart(parts, boundary), media_type=media_type, headers=headers
         )
 
@@ -265,9 +270,38 @@ class WadoService:
         with self.pretranscoder.live():
             return await self.transcoder.transcode(source, target, cache_key=loc.sha256)
 
-    async def _multipart(self, parts: _PartQueue, boundary: str) -> AsyncIterator[bytes]:
+    async def _open_part(self, loc: InstanceLocation) -> OpenFile | bytes:
+        """A stored part's hot-tier file, open, or its bytes read through the archive when
+        it has no hot file any more (migrated since locate())."""
+        opened = self._open_hot(loc)
+        if opened is not None:
+            return opened
+        return await self._part_bytes(loc, loc.transfer_syntax_uid)
+
+    def _open_hot(self, loc: InstanceLocation) -> OpenFile | None:
+        """The part's hot-tier file, open and its size checked; None if it has none."""
+        path = self.hot_path(loc) if self.hot_path is not None else None
+        if path is None:
+            return None
+        try:
+            fd = os.open(path, os.O_RDONLY)
+        except FileNotFoundError:
+            return None
+        try:
+            _check_size(loc, os.fstat(fd).st_size)
+        except BaseException:
+            os.close(fd)
+            raise
+        return OpenFile(fd, loc.size)
+
+    async def _multipart(self, parts: _PartQueue, boundary: str) -> AsyncIterator[bytes | OpenFile]:
         try:
             for u, unit in enumerate(parts.units):
+                if isinstance(unit, _Batch) and parts.is_direct(u):
+                    for head, loc in zip(unit.headers, unit.locations, strict=True):
+                        yield head
+                        yield await self._open_part(loc)
+                    continue
                 if isinstance(unit, _Batch):
                     for chunk in await parts.take_batch(u):
                         yield chunk
@@ -394,10 +428,19 @@ class _PartQueue:
     """
 
     def __init__(
-        self, wado: WadoService, sendable: list[tuple[InstanceLocation, str]], boundary: str
+        self,
+        wado: WadoService,
+        sendable: list[tuple[InstanceLocation, str]],
+        boundary: str,
+        zero_copy: bool = False,
     ) -> None:
         self.wado = wado
         self.sendable = sendable
+        self.zero_copy = zero_copy
+        """Batches whose parts all have hot-tier files are sent as files (sendfile), not
+        read ahead."""
+        self.direct: set[int] = set()
+        """Units sent as files (decided when first scheduled)."""
         self.units: list[_Batch | int] = []
         self.content_length: int | None = None
         self.pending: dict[int, asyncio.Task[Any]] = {}
@@ -452,6 +495,10 @@ class _PartQueue:
             while j < min(len(self.units), current + window):
                 unit = self.units[j]
                 if isinstance(unit, _Batch) == native and j not in self.pending:
+                    if native and self._sendable_as_files(unit):
+                        self.direct.add(j)
+                        j += 1
+                        continue
                     task = self._fetch(unit)
                     if task is not None:
                         task.add_done_callback(_consume)
@@ -483,6 +530,21 @@ class _PartQueue:
             self.first_reader = await self.wado.archive.open_blob(self.sendable[unit][0])
             return
         self._schedule(0)
+        if 0 in self.direct:
+            assert isinstance(unit, _Batch)
+            # Each part is opened again when sent; a missing or mis-sized blob is found
+            # here, while the status can still say so.
+            for loc in unit.locations:
+                opened = self.wado._open_hot(loc)
+                if opened is not None:
+                    os.close(opened.fd)
+                    continue
+                reader = await self.wado.archive.open_blob(loc)
+                try:
+                    _check_size(loc, reader.size)
+                finally:
+                    await reader.close()
+            return
         task = self.pending[0]
         await asyncio.wait([task])
         exc = task.exception()
@@ -491,6 +553,19 @@ class _PartQueue:
         if exc is not None and (len(self.sendable) == 1 or not isinstance(exc, TranscodingError)):
             await self.cancel()
             raise exc
+
+    def _sendable_as_files(self, batch: _Batch) -> bool:
+        hot_path = self.wado.hot_path
+        return (
+            self.zero_copy
+            and hot_path is not None
+            and all(hot_path(loc) is not None for loc in batch.locations)
+        )
+
+    def is_direct(self, u: int) -> bool:
+        """Is unit ``u`` (being sent now) sent as files? Schedules the units ahead of it."""
+        self._schedule(u)
+        return u in self.direct
 
     async def take(self, u: int) -> bytes:
         self._schedule(u)

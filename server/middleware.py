@@ -45,6 +45,8 @@ class AccessLog:
                 status = int(message["status"])
             elif message["type"] == "http.response.body":
                 sent += len(message.get("body", b""))
+            elif message["type"] == "http.response.zerocopysend":
+                sent += int(message.get("count") or 0)
             await send(message)
 
         try:

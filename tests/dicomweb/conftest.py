@@ -3,7 +3,9 @@
 One server per test session, two DICOMweb roots on the same archive: ``/dicom-web`` with the
 real transcoder (one worker process) and ``/no-codec`` without one, for the 406 paths. The
 server runs in its own thread and event loop (the archive is opened inside that loop), and the
-tests drive it over HTTP only: dicomweb-client, httpx.
+tests drive it over HTTP only: dicomweb-client, httpx. It runs uvicorn with arca's own
+protocol (server.zero_copy, as ``arca serve`` does); ``plain_url`` serves the same app through
+uvicorn's stock protocol, without zero-copy send, to compare the two.
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ from starlette.applications import Starlette
 
 from config.settings import HttpSettings, Settings, StorageSettings, TranscodingSettings
 from dicomweb.routes import build_routes
+from server.zero_copy import ZeroCopyHttpToolsProtocol
 from tests.data import testdata
 
 MAX_STOW_BYTES = 24 * 1024 * 1024
@@ -40,6 +43,8 @@ class DicomwebServer:
     """The same archive without a transcoder."""
     spool: Path
     """Where the server spools request bodies."""
+    plain_url: str
+    """``url`` served by uvicorn's own httptools protocol (no zero-copy send)."""
 
     def client(self, root: str | None = None) -> DICOMwebClient:
         return DICOMwebClient(root or self.url)
@@ -52,11 +57,9 @@ class _ServerThread(threading.Thread):
     def __init__(self, data_dir: Path) -> None:
         super().__init__(daemon=True, name="dicomweb-test-server")
         self.data_dir = data_dir
-        self.sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        self.sock.bind(("127.0.0.1", 0))
-        self.port = int(self.sock.getsockname()[1])
-        self.server: uvicorn.Server | None = None
+        self.sock, self.port = _listener()
+        self.plain_sock, self.plain_port = _listener()
+        self.servers: list[uvicorn.Server] = []
         self.ready = threading.Event()
         self.error: BaseException | None = None
 
@@ -83,14 +86,19 @@ class _ServerThread(threading.Thread):
         routes = build_routes(archive, transcoder, settings, spool)
         routes += build_routes(archive, None, no_codec, spool)
         app = Starlette(routes=routes)
-        config = uvicorn.Config(app, log_level="warning", lifespan="off", access_log=False)
-        self.server = uvicorn.Server(config)
-        serve = asyncio.ensure_future(self.server.serve(sockets=[self.sock]))
-        while not self.server.started and not serve.done():
+        serving = []
+        for sock, http in ((self.sock, ZeroCopyHttpToolsProtocol), (self.plain_sock, "httptools")):
+            config = uvicorn.Config(
+                app, log_level="warning", lifespan="off", access_log=False, http=http
+            )
+            server = uvicorn.Server(config)
+            self.servers.append(server)
+            serving.append(asyncio.ensure_future(server.serve(sockets=[sock])))
+        while not all(s.started for s in self.servers) and not any(f.done() for f in serving):
             await asyncio.sleep(0.01)
         self.ready.set()
         try:
-            await serve
+            await asyncio.gather(*serving)
         finally:
             await transcoder.aclose()
             close = getattr(archive, "close", None) or getattr(archive, "aclose", None)
@@ -107,11 +115,21 @@ def dicomweb_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Dicomw
         raise thread.error
     base = f"http://127.0.0.1:{thread.port}"
     yield DicomwebServer(
-        url=base + "/dicom-web", no_codec_url=base + "/no-codec", spool=thread.data_dir / "spool"
+        url=base + "/dicom-web",
+        no_codec_url=base + "/no-codec",
+        spool=thread.data_dir / "spool",
+        plain_url=f"http://127.0.0.1:{thread.plain_port}/dicom-web",
     )
-    assert thread.server is not None
-    thread.server.should_exit = True
+    for server in thread.servers:
+        server.should_exit = True
     thread.join(30)
+
+
+def _listener() -> tuple[socket.socket, int]:
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind(("127.0.0.1", 0))
+    return sock, int(sock.getsockname()[1])
 
 
 @pytest.fixture
