@@ -39,7 +39,9 @@ log = logging.getLogger("arca.http")
 
 EXTENSION = "http.response.zerocopysend"
 FLUSH_POLL_SECONDS = 0.0005
-"""How often a file send re-checks the transport's queue while uvloop flushes it."""
+FLUSH_POLL_MAX_SECONDS = 0.05
+"""A file send re-checks the transport's queue while uvloop flushes it, first after
+FLUSH_POLL_SECONDS, then twice as long each time up to this (a stalled reader)."""
 GONE = frozenset({errno.EPIPE, errno.ECONNRESET, errno.ENOTCONN, errno.ESHUTDOWN})
 
 
@@ -134,8 +136,10 @@ class ZeroCopyCycle(RequestResponseCycle):
     async def _direct_socket(self) -> _DirectSocket | None:
         """The socket's duplicate, once the transport has sent all it had queued (None if the
         peer went away meanwhile)."""
+        pause = FLUSH_POLL_SECONDS
         while self.transport.get_write_buffer_size() and not self.disconnected:
-            await asyncio.sleep(FLUSH_POLL_SECONDS)
+            await asyncio.sleep(pause)
+            pause = min(pause * 2, FLUSH_POLL_MAX_SECONDS)
         if self.disconnected:
             return None
         if self._direct is None:
