@@ -251,9 +251,10 @@ class Bench:
             server.close()
         rates.sort()
         self.note(
-            f"loopback ceiling: the same client reading the series from an in-memory server "
-            f"(sendall, no archive): {rates[len(rates) // 2]:,.0f} images/s (median of "
-            f"{len(rates)}) — no archive's native series retrieve can exceed it"
+            f"loopback ceiling: the same client reading the series from a server with nothing "
+            f"to do (sendfile from the page cache, no archive): "
+            f"{rates[len(rates) // 2]:,.0f} images/s (median of {len(rates)}) — no archive's "
+            f"native series retrieve can exceed it"
         )
 
     def series_url(self, s: servers.Server, index: int) -> str:
