@@ -4,13 +4,13 @@ Instances stream as multipart/related; type="application/dicom" straight from th
 Consecutive stored-syntax parts form batches of up to BATCH_BYTES. Where the server offers
 ASGI's zero-copy send (server.zero_copy) and every part of a batch has a hot-tier file (the
 archive's optional ``hot_path``), the batch goes out as open files, which the server sends by
-sendfile(2) without reading them. Other batches are read a batch or two ahead of the one
-being written (hot files without a thread hop, others through ``open_blob``). When every part is sent as
-stored, the body length is known from the index and sent as Content-Length, which spares the
-chunked transfer coding's copy of every chunk. Parts over WHOLE_PART_BYTES stream in
-CHUNK_SIZE chunks. An instance whose stored transfer syntax the client does not accept goes
-through the transcoder; up to ``lookahead`` transcodes run concurrently ahead of the part
-being sent, so the parts keep their order while the pool stays busy.
+sendfile(2) without reading them. Other batches are read a batch or two ahead of the one being
+written (hot files without a thread hop, others through ``open_blob``). When every part is sent
+as stored, the body length is known from the index and sent as Content-Length, which spares the
+chunked transfer coding's copy of every chunk. Parts over WHOLE_PART_BYTES stream in CHUNK_SIZE
+chunks. An instance whose stored transfer syntax the client does not accept goes through the
+transcoder; up to ``lookahead`` transcodes run concurrently ahead of the part being sent, so the
+parts keep their order while the pool stays busy.
 
 Failures after the response headers are sent cannot change the status (and a Warning header
 can no longer be added). The choice made here: an instance that cannot be transcoded
