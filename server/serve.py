@@ -14,6 +14,7 @@ from config.settings import Settings
 from server.app import create_app
 from server.commands import data_dir_problem
 from server.viewer import ViewerNotInstalledError, viewer_dist
+from server.zero_copy import SUPPORTED as ZERO_COPY_SUPPORTED
 from server.zero_copy import ZeroCopyHttpToolsProtocol
 
 log = logging.getLogger("arca.server")
@@ -61,7 +62,7 @@ def serve(settings: Settings) -> int:
         server_header=False,
         ws="none",
         # uvicorn's httptools protocol plus ASGI's zero-copy send (server.zero_copy).
-        http=ZeroCopyHttpToolsProtocol,
+        http=ZeroCopyHttpToolsProtocol if ZERO_COPY_SUPPORTED else "auto",
         timeout_graceful_shutdown=GRACEFUL_SHUTDOWN_SECONDS,
     )
     server = uvicorn.Server(config)

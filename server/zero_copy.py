@@ -43,6 +43,9 @@ FLUSH_POLL_MAX_SECONDS = 0.05
 """A file send re-checks the transport's queue while uvloop flushes it, first after
 FLUSH_POLL_SECONDS, then twice as long each time up to this (a stalled reader)."""
 GONE = frozenset({errno.EPIPE, errno.ECONNRESET, errno.ENOTCONN, errno.ESHUTDOWN})
+SUPPORTED = callable(getattr(HttpToolsProtocol, "_start_asgi_task", None))
+"""The uvicorn hook this module overrides (uvicorn ≥ 0.54 has it); without it, arca serves
+with uvicorn's own protocol and no zero-copy send."""
 
 
 class ZeroCopyHttpToolsProtocol(HttpToolsProtocol):

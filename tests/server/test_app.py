@@ -138,3 +138,22 @@ def test_access_log_is_quiet_for_reads_and_loud_for_writes_and_errors(
     assert '"POST /dicom-web/studies" 200' in log
     assert '"GET /dicom-web/studies/1.2.3.999" 404' in log
     assert '"GET /health"' not in log  # successful reads are logged at DEBUG only
+
+
+def test_a_series_retrieve_is_sent_whole_by_zero_copy_and_logged_with_its_bytes(
+    start_arca: StartArca,
+) -> None:
+    """`arca serve` sends stored parts by sendfile (server.zero_copy): the body arrives whole
+    and the access line counts the files' bytes too, not only the part headers."""
+    arca = start_arca("--log-level", "debug")
+    study, series = "1.2.826.0.1.3680043.8.498.71", "1.2.826.0.1.3680043.8.498.71.1"
+    objects = [small_ct(study_uid=study, series_uid=series, instance_number=n) for n in range(1, 4)]
+    with httpx.Client(timeout=60) as client:
+        assert stow(client, arca.dicomweb_url, objects).status_code == 200
+        r = client.get(f"{arca.dicomweb_url}/studies/{study}/series/{series}")
+    assert r.status_code == 200
+    assert int(r.headers["content-length"]) == len(r.content)
+    assert all(obj in r.content for obj in objects)
+    path = f"/dicom-web/studies/{study}/series/{series}"
+    log = arca.wait_for_log(f'"GET {path}" 200 {len(r.content)} bytes')
+    assert f'"GET {path}" 200 {len(r.content)} bytes' in log
