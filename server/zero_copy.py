@@ -31,6 +31,7 @@ import errno
 import logging
 import os
 import socket
+from collections.abc import Callable
 from typing import Any
 
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol, RequestResponseCycle
@@ -164,14 +165,9 @@ class _DirectSocket:
         self.waiting: asyncio.Future[None] | None = None
 
     async def sendfile(self, fd: int, offset: int, count: int) -> None:
-        while count > 0 and not self.cycle.disconnected:
-            try:
-                sent = os.sendfile(self.fd, fd, offset, count)
-            except BlockingIOError:
-                await self._writable()
-                continue
-            except OSError as exc:
-                self._gone(exc)
+        while count > 0:
+            sent = await self._attempt(os.sendfile, self.fd, fd, offset, count)
+            if sent is None:
                 return
             if sent == 0:  # the file is shorter than the count it was sent with
                 raise RuntimeError(f"file ended {count} bytes before the count given to sendfile")
@@ -180,16 +176,23 @@ class _DirectSocket:
 
     async def sendall(self, data: bytes) -> None:
         view = memoryview(data)
-        while view and not self.cycle.disconnected:
-            try:
-                sent = self.sock.send(view)
-            except BlockingIOError:
-                await self._writable()
-                continue
-            except OSError as exc:
-                self._gone(exc)
+        while view:
+            sent = await self._attempt(self.sock.send, view)
+            if sent is None:
                 return
             view = view[sent:]
+
+    async def _attempt(self, write: Callable[..., int], *args: Any) -> int | None:
+        """One non-blocking write, once the socket takes some; None if the peer is gone."""
+        while not self.cycle.disconnected:
+            try:
+                return write(*args)
+            except BlockingIOError:
+                await self._writable()
+            except OSError as exc:
+                self._gone(exc)
+                return None
+        return None
 
     async def _writable(self) -> None:
         self.waiting = ready = self.loop.create_future()
