@@ -61,6 +61,5 @@ class FileStreamingResponse(StreamingResponse):
                 finally:
                     os.close(item.fd)
                 continue
-            body = item if isinstance(item, bytes | memoryview) else item.encode(self.charset)
-            await send({"type": "http.response.body", "body": body, "more_body": True})
+            await send({"type": "http.response.body", "body": item, "more_body": True})
         await send({"type": "http.response.body", "body": b"", "more_body": False})

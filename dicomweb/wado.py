@@ -281,18 +281,8 @@ class WadoService:
     def _open_hot(self, loc: InstanceLocation) -> OpenFile | None:
         """The part's hot-tier file, open and its size checked; None if it has none."""
         path = self.hot_path(loc) if self.hot_path is not None else None
-        if path is None:
-            return None
-        try:
-            fd = os.open(path, os.O_RDONLY)
-        except FileNotFoundError:
-            return None
-        try:
-            _check_size(loc, os.fstat(fd).st_size)
-        except BaseException:
-            os.close(fd)
-            raise
-        return OpenFile(fd, loc.size)
+        fd = None if path is None else _open_sized(path, loc)
+        return None if fd is None else OpenFile(fd, loc.size)
 
     async def _multipart(self, parts: _PartQueue, boundary: str) -> AsyncIterator[bytes | OpenFile]:
         try:
@@ -389,14 +379,12 @@ def _read_files(batch: _Batch, files: list[tuple[int, Path]]) -> list[bytes | No
     out: list[bytes | None] = []
     for i, path in files:
         loc = batch.locations[i]
-        try:
-            fd = os.open(path, os.O_RDONLY)
-        except FileNotFoundError:
+        fd = _open_sized(path, loc)
+        if fd is None:
             out.append(None)
             continue
         try:
-            size = os.fstat(fd).st_size
-            _check_size(loc, size)
+            size = loc.size
             data = os.pread(fd, size, 0)
             while len(data) < size:
                 more = os.pread(fd, size - len(data), len(data))
@@ -407,6 +395,20 @@ def _read_files(batch: _Batch, files: list[tuple[int, Path]]) -> list[bytes | No
             os.close(fd)
         out.append(batch.headers[i] + data)
     return out
+
+
+def _open_sized(path: Path, loc: InstanceLocation) -> int | None:
+    """The file's descriptor, its size checked against the index; None if it is gone."""
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except FileNotFoundError:
+        return None
+    try:
+        _check_size(loc, os.fstat(fd).st_size)
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
 
 
 def _check_size(loc: InstanceLocation, size: int) -> None:

@@ -18,6 +18,8 @@ from collections.abc import Callable
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from dicomweb.file_body import ZERO_COPY_SEND
+
 access_logger = logging.getLogger("arca.access")
 error_logger = logging.getLogger("arca.errors")
 
@@ -45,7 +47,7 @@ class AccessLog:
                 status = int(message["status"])
             elif message["type"] == "http.response.body":
                 sent += len(message.get("body", b""))
-            elif message["type"] == "http.response.zerocopysend":
+            elif message["type"] == ZERO_COPY_SEND:
                 sent += int(message.get("count") or 0)
             await send(message)
 

@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import asyncio
 import errno
-import logging
 import os
 import socket
 from collections.abc import Callable
@@ -36,9 +35,8 @@ from typing import Any
 
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol, RequestResponseCycle
 
-log = logging.getLogger("arca.http")
+from dicomweb.file_body import ZERO_COPY_SEND as EXTENSION
 
-EXTENSION = "http.response.zerocopysend"
 FLUSH_POLL_SECONDS = 0.0005
 FLUSH_POLL_MAX_SECONDS = 0.05
 """A file send re-checks the transport's queue while uvloop flushes it, first after
