@@ -40,6 +40,7 @@ from dicomweb.multipart import closing_delimiter, multipart_content_type, new_bo
 from dicomweb.resources import ResourcePath, source_of
 from dicomweb.wado import INLINE_READ_BYTES
 from storage.archive import ArchiveService
+from storage.hot import in_memory
 from storage.model import InstanceLocation
 from transcoding.service import TranscoderService, library_versions
 
@@ -141,18 +142,14 @@ class FrameService:
             hot_path = getattr(self.archive, "hot_path", None)
             path: Path | None = hot_path(loc) if hot_path is not None else None
             if path is not None and total <= INLINE_READ_BYTES:
-                # A hot-tier file named without I/O (optional archive method): open and read
-                # it right here, no thread hop; gone (migrated) means ask the archive.
+                # A hot-tier file named without I/O (optional archive method); gone
+                # (migrated) means ask the archive.
                 with contextlib.suppress(FileNotFoundError):
-                    return _read_spans(path, spans)
+                    return await _spans_from_file(path, spans, total)
             reader = await self.archive.open_blob(loc)
             try:
                 if reader.local_path is not None:
-                    # One file read for all spans: on the loop when small (a page-cache read
-                    # costs less than a thread hop), else in one worker thread.
-                    if total <= INLINE_READ_BYTES:
-                        return _read_spans(reader.local_path, spans)
-                    return await asyncio.to_thread(_read_spans, reader.local_path, spans)
+                    return await _spans_from_file(reader.local_path, spans, total)
                 parts: list[bytes] = []
                 for span in spans:
                     pieces = [await reader.read_range(o, length) for o, length in span]
@@ -200,12 +197,32 @@ class FrameService:
         return Response(data, status_code=status, media_type=OCTET_STREAM, headers=headers)
 
 
+async def _spans_from_file(
+    path: Path, spans: list[tuple[tuple[int, int], ...]], total: int
+) -> list[bytes]:
+    """Each span's bytes from a local file, in one open: on the event loop when they are
+    few (a page-cache read costs less than a thread hop) and their pages are in memory, else
+    in a worker thread, so the loop never waits for the disk."""
+    if total <= INLINE_READ_BYTES:
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            if all(in_memory(fd, length, offset) for span in spans for offset, length in span):
+                return _pread_spans(fd, spans)
+        finally:
+            os.close(fd)
+    return await asyncio.to_thread(_read_spans, path, spans)
+
+
 def _read_spans(path: Path, spans: list[tuple[tuple[int, int], ...]]) -> list[bytes]:
     fd = os.open(path, os.O_RDONLY)
     try:
-        return [b"".join(os.pread(fd, length, offset) for offset, length in span) for span in spans]
+        return _pread_spans(fd, spans)
     finally:
         os.close(fd)
+
+
+def _pread_spans(fd: int, spans: list[tuple[tuple[int, int], ...]]) -> list[bytes]:
+    return [b"".join(os.pread(fd, length, offset) for offset, length in span) for span in spans]
 
 
 def _byte_range(header: str, size: int) -> tuple[int, int]:

@@ -5,7 +5,9 @@ Consecutive stored-syntax parts form batches of up to BATCH_BYTES. Where the ser
 ASGI's zero-copy send (server.zero_copy) and every part of a batch has a hot-tier file (the
 archive's optional ``hot_path``), the batch goes out as open files, which the server sends by
 sendfile(2) without reading them. Other batches are read a batch or two ahead of the one being
-written (hot files without a thread hop, others through ``open_blob``). When every part is sent
+written (hot files without a thread hop, others through ``open_blob``). The event loop never
+waits for the disk: hot files whose pages are not in memory are read in (or read) by a worker
+thread before the loop sends them (storage.hot.in_memory, page_in). When every part is sent
 as stored, the body length is known from the index and sent as Content-Length, which spares the
 chunked transfer coding's copy of every chunk. Parts over WHOLE_PART_BYTES stream in CHUNK_SIZE
 chunks. An instance whose stored transfer syntax the client does not accept goes through the
@@ -60,6 +62,7 @@ from dicomweb.urls import BaseUrl
 from storage.archive import ArchiveService
 from storage.blobs import BlobReader
 from storage.errors import CorruptBlob
+from storage.hot import in_memory, page_in
 from storage.model import InstanceLocation
 from transcoding.errors import TranscodingError
 from transcoding.service import TranscoderService
@@ -81,9 +84,10 @@ BATCHES_AHEAD = 2
 """Native batches fetched ahead of the one being written (memory: about
 (BATCHES_AHEAD + 1) * BATCH_BYTES per request)."""
 INLINE_READ_BYTES = 2 << 20
-"""Hot-tier blobs up to this size are read on the event loop from their local path: a
-page-cache read of a few hundred KiB costs less than the thread hop of read_range. (Frames
-use it; a series retrieve reads each batch in one worker thread.)"""
+"""Hot-tier blobs up to this size are read on the event loop from their local path when
+their pages are in memory (storage.hot.in_memory): a page-cache read of a few hundred KiB
+costs less than the thread hop of read_range. Pages on the disk are read in a worker thread,
+so the loop never waits for the disk. (Frames use it too.)"""
 
 HotPath = Callable[[InstanceLocation], "Path | None"]
 
@@ -191,7 +195,8 @@ class WadoService:
         try:
             if reader.local_path is not None and reader.size <= INLINE_READ_BYTES:
                 with open(reader.local_path, "rb") as f:
-                    return f.read()
+                    if in_memory(f.fileno(), reader.size):  # else read in a worker thread
+                        return f.read()
             return await reader.read_all()
         finally:
             await reader.close()
@@ -224,9 +229,14 @@ class WadoService:
                 # On the loop, like INLINE_READ_BYTES reads: page-cache reads of a few hundred
                 # KiB cost less than thread hops, and bytes made on this thread come from the
                 # main malloc arena, which reuses freed memory (measured: reading in a worker
-                # thread cost ~25% more CPU per image).
-                got = _read_files(batch, local)
-                for (i, _), chunk in zip(local, got, strict=True):
+                # thread cost ~25% more CPU per image). Files whose pages are not in memory
+                # are left to a worker thread: the loop never waits for the disk.
+                got, on_disk = _read_files(batch, local, in_memory_only=True)
+                if on_disk:
+                    more, _ = await asyncio.to_thread(_read_files, batch, on_disk)
+                    got.update(more)
+                for i, _ in local:
+                    chunk = got[i]
                     if chunk is None and i not in readers:
                         # The file moved (migrated to the cold tier) since locate().
                         readers[i] = await self.archive.open_blob(batch.locations[i])
@@ -270,13 +280,31 @@ class WadoService:
         with self.pretranscoder.live():
             return await self.transcoder.transcode(source, target, cache_key=loc.sha256)
 
-    async def _open_part(self, loc: InstanceLocation) -> OpenFile | bytes:
-        """A stored part's hot-tier file, open, or its bytes read through the archive when
-        it has no hot file any more (migrated since locate())."""
-        opened = self._open_hot(loc)
-        if opened is not None:
-            return opened
-        return await self._part_bytes(loc, loc.transfer_syntax_uid)
+    async def _direct_batch(self, batch: _Batch) -> AsyncIterator[bytes | OpenFile]:
+        """The batch's parts as part header + open hot-tier file, or header + bytes read
+        through the archive for a part with no hot file any more (migrated since locate()).
+
+        sendfile(2) on the event loop must not wait for the disk, so files whose pages are
+        not in memory are read in first by a worker thread (storage.hot.page_in)."""
+        files: list[OpenFile | None] = []
+        try:
+            for loc in batch.locations:
+                files.append(self._open_hot(loc))
+            on_disk = [f for f in files if f is not None and not in_memory(f.fd, f.size)]
+            if on_disk:
+                # Duplicates: the thread closes them, even after this response is gone.
+                await asyncio.to_thread(page_in, [(os.dup(f.fd), f.size) for f in on_disk])
+            for i, (head, loc) in enumerate(zip(batch.headers, batch.locations, strict=True)):
+                yield head
+                opened, files[i] = files[i], None  # the response closes what it is given
+                if opened is not None:
+                    yield opened
+                else:
+                    yield await self._part_bytes(loc, loc.transfer_syntax_uid)
+        finally:
+            for f in files:
+                if f is not None:
+                    os.close(f.fd)
 
     def _open_hot(self, loc: InstanceLocation) -> OpenFile | None:
         """The part's hot-tier file, open and its size checked; None if it has none."""
@@ -288,9 +316,8 @@ class WadoService:
         try:
             for u, unit in enumerate(parts.units):
                 if isinstance(unit, _Batch) and parts.is_direct(u):
-                    for head, loc in zip(unit.headers, unit.locations, strict=True):
-                        yield head
-                        yield await self._open_part(loc)
+                    async for item in self._direct_batch(unit):
+                        yield item
                     continue
                 if isinstance(unit, _Batch):
                     for chunk in await parts.take_batch(u):
@@ -370,21 +397,28 @@ class _Batch:
     nbytes: int
 
 
-def _read_files(batch: _Batch, files: list[tuple[int, Path]]) -> list[bytes | None]:
-    """Header + bytes of each file (None: the file is gone).
+def _read_files(
+    batch: _Batch, files: list[tuple[int, Path]], *, in_memory_only: bool = False
+) -> tuple[dict[int, bytes | None], list[tuple[int, Path]]]:
+    """Header + bytes of each file by its index in the batch (None: the file is gone), and
+    the files left unread because ``in_memory_only`` and their pages are not in memory.
 
     Each part is one pread and one concatenation: same-sized bytes objects reuse the
     allocator's freed memory, where one big zeroed buffer per batch page-faults afresh
     (measured slower)."""
-    out: list[bytes | None] = []
+    out: dict[int, bytes | None] = {}
+    on_disk: list[tuple[int, Path]] = []
     for i, path in files:
         loc = batch.locations[i]
         fd = _open_sized(path, loc)
         if fd is None:
-            out.append(None)
+            out[i] = None
             continue
         try:
             size = loc.size
+            if in_memory_only and not in_memory(fd, size):
+                on_disk.append((i, path))
+                continue
             data = os.pread(fd, size, 0)
             while len(data) < size:
                 more = os.pread(fd, size - len(data), len(data))
@@ -393,8 +427,8 @@ def _read_files(batch: _Batch, files: list[tuple[int, Path]]) -> list[bytes | No
                 data += more
         finally:
             os.close(fd)
-        out.append(batch.headers[i] + data)
-    return out
+        out[i] = batch.headers[i] + data
+    return out, on_disk
 
 
 def _open_sized(path: Path, loc: InstanceLocation) -> int | None:

@@ -44,6 +44,65 @@ def will_need(paths: Sequence[Path]) -> None:
             os.close(fd)
 
 
+_RWF_NOWAIT: int | None = getattr(os, "RWF_NOWAIT", None)
+
+
+def in_memory(fd: int, size: int, offset: int = 0) -> bool:
+    """Are the first and last pages of ``size`` bytes at ``offset`` of this open file in the
+    page cache?
+
+    Asked without waiting for the disk: a one-byte ``preadv2(RWF_NOWAIT)`` at each end fails
+    with EAGAIN where the page is not there (Linux ≥ 4.14). Pages read in and evicted
+    together, so the ends stand for the middle. Where the question cannot be asked (another
+    OS, a filesystem without RWF_NOWAIT) the answer is True: the caller reads as it would
+    have anyway."""
+    if _RWF_NOWAIT is None or size <= 0:
+        return True
+    probe = bytearray(1)
+    try:
+        for at in (offset, offset + size - 1):
+            os.preadv(fd, [probe], at, _RWF_NOWAIT)
+    except BlockingIOError:
+        return False
+    except OSError:
+        return True
+    return True
+
+
+def page_in(files: Sequence[tuple[int, int]]) -> None:
+    """Wait until these open files' first ``size`` bytes are in the page cache, then close
+    the descriptors (the caller hands over duplicates, so it may close its own meanwhile).
+
+    For a worker thread: it blocks on the disk so the event loop does not. The pages are read
+    by sendfile(2) to /dev/null, which takes page references and copies nothing; where that
+    fails, by reading them into a scratch buffer."""
+    scratch: bytearray | None = None
+    null = os.open(os.devnull, os.O_WRONLY)
+    try:
+        for fd, size in files:
+            try:
+                offset = 0
+                try:
+                    while offset < size:
+                        sent = os.sendfile(null, fd, offset, size - offset)
+                        if sent == 0:
+                            break
+                        offset += sent
+                except OSError:
+                    scratch = scratch if scratch is not None else bytearray(1 << 20)
+                    while offset < size:
+                        got = os.preadv(fd, [scratch], offset)
+                        if got == 0:
+                            break
+                        offset += got
+            except OSError:
+                pass  # best effort: the reader that follows reports what is wrong
+            finally:
+                os.close(fd)
+    finally:
+        os.close(null)
+
+
 def _sync_file_range() -> Callable[[int, int, int, int], int] | None:
     try:
         function = ctypes.CDLL(None, use_errno=True).sync_file_range

@@ -7,6 +7,7 @@ import asyncio
 import hashlib
 import io
 import os
+import threading
 from pathlib import Path
 
 import httpx
@@ -327,3 +328,207 @@ def test_series_bodies_equal_with_and_without_zero_copy(dw: DicomwebServer) -> N
         bodies.append(multipart_parts(r.content, r.headers["content-type"]))
     assert len(bodies[0]) == 10
     assert bodies[0] == bodies[1]
+
+
+# -- files whose pages are not in memory: read in off the event loop ---------------------
+
+
+def _name_of(fd: int) -> str:
+    return Path(os.readlink(f"/proc/self/fd/{fd}")).name
+
+
+def _on_disk(monkeypatch: pytest.MonkeyPatch, names: set[str]) -> None:
+    """INJECTED: the page cache holds every file but ``names`` (decided per file, so the
+    test does not depend on what the kernel keeps)."""
+    monkeypatch.setattr("dicomweb.wado.in_memory", lambda fd, _size: _name_of(fd) not in names)
+
+
+async def test_zero_copy_pages_in_files_not_in_memory_off_the_loop(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """sendfile(2) on the event loop would wait there for the disk (stalling every other
+    request): such files are read in by a worker thread first, then still sent as files."""
+    import dicomweb.wado as wado_module
+
+    blobs = _blobs(tmp_path / "store", 5)
+    _on_disk(monkeypatch, {"b1", "b3"})
+    paged: list[tuple[list[str], bool]] = []
+    real_page_in = wado_module.page_in
+
+    def page_in(files: list[tuple[int, int]]) -> None:
+        paged.append(([_name_of(fd) for fd, _ in files], threading.current_thread() is loop))
+        real_page_in(files)
+
+    monkeypatch.setattr(wado_module, "page_in", page_in)
+    loop = threading.current_thread()
+    archive = _Archive(tmp_path / "store", tmp_path / "store")
+    wado = _service(archive)
+    queue = _PartQueue(wado, [(_location(k, len(d)), EXPLICIT_LE) for k, d in blobs], "bnd", True)
+    fds = len(os.listdir("/proc/self/fd"))
+    await queue.prime()
+    body, files = await _drain(wado, queue)
+    assert body == _expected(blobs, "bnd") + closing_delimiter("bnd")
+    assert files == 5
+    assert paged == [(["b1", "b3"], False)]  # once for the batch, not on the loop's thread
+    assert len(os.listdir("/proc/self/fd")) == fds
+
+
+async def test_zero_copy_client_gone_while_paging_in_leaves_no_descriptor(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The response is cancelled (client disconnect) while a worker thread waits for the
+    disk: the thread keeps its own duplicates and closes them when it is done."""
+    import dicomweb.wado as wado_module
+
+    blobs = _blobs(tmp_path / "store", 3)
+    _on_disk(monkeypatch, {"b0", "b1", "b2"})
+    entered, release, done = threading.Event(), threading.Event(), threading.Event()
+    real_page_in = wado_module.page_in
+
+    def slow_page_in(files: list[tuple[int, int]]) -> None:
+        entered.set()
+        release.wait(10)
+        real_page_in(files)
+        done.set()
+
+    monkeypatch.setattr(wado_module, "page_in", slow_page_in)
+    archive = _Archive(tmp_path / "store", tmp_path / "store")
+    wado = _service(archive)
+    queue = _PartQueue(wado, [(_location(k, len(d)), EXPLICIT_LE) for k, d in blobs], "bnd", True)
+    fds = len(os.listdir("/proc/self/fd"))
+    await queue.prime()
+    drain = asyncio.ensure_future(_drain(wado, queue))
+    await asyncio.to_thread(entered.wait, 10)
+    drain.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await drain
+    release.set()
+    await asyncio.to_thread(done.wait, 10)
+    assert done.is_set()
+    assert len(os.listdir("/proc/self/fd")) == fds
+
+
+async def test_read_batch_reads_files_not_in_memory_in_a_thread(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Without zero-copy the loop reads hot files itself only when their pages are in memory;
+    the others are read by a worker thread, and the parts keep their order."""
+    import dicomweb.wado as wado_module
+
+    blobs = _blobs(tmp_path / "store", 5)
+    _on_disk(monkeypatch, {"b0", "b4"})
+    calls: list[tuple[list[int], bool, bool]] = []
+    real_read_files = wado_module._read_files
+    loop = threading.current_thread()
+
+    def read_files(
+        batch: _Batch, files: list[tuple[int, Path]], *, in_memory_only: bool = False
+    ) -> tuple[dict[int, bytes | None], list[tuple[int, Path]]]:
+        on_loop = threading.current_thread() is loop
+        calls.append(([i for i, _ in files], in_memory_only, on_loop))
+        return real_read_files(batch, files, in_memory_only=in_memory_only)
+
+    monkeypatch.setattr(wado_module, "_read_files", read_files)
+    wado = _service(_Archive(tmp_path / "store", tmp_path / "store"))
+    queue = _PartQueue(wado, [(_location(k, len(d)), EXPLICIT_LE) for k, d in blobs], "bnd")
+    [batch] = queue.units
+    assert isinstance(batch, _Batch)
+    body = b"".join(await wado._read_batch(batch))
+    assert body == _expected(blobs, "bnd")
+    assert calls == [([0, 1, 2, 3, 4], True, True), ([0, 4], False, False)]
+
+
+def _evict_tree(root: Path) -> int:
+    """Drop every file under ``root`` from the page cache (written to the disk first)."""
+    count = 0
+    for path in root.rglob("*"):
+        if path.is_file():
+            fd = os.open(path, os.O_RDONLY)
+            try:
+                os.fsync(fd)
+                os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+            finally:
+                os.close(fd)
+            count += 1
+    return count
+
+
+def test_series_with_its_files_out_of_memory_is_whole_either_way(dw: DicomwebServer) -> None:
+    """The real page cache, really emptied: both servers (zero-copy and not) read the
+    series' files back from the disk and send them whole, byte for byte."""
+    pid = unique_patient()
+    first = make_instance("693_UNCI.dcm", patient_id=pid)
+    rest = [
+        make_instance("693_UNCI.dcm", patient_id=pid, study=first.study, series=first.series)
+        for _ in range(9)
+    ]
+    stored = {}
+    for inst in (first, *rest):
+        buf = io.BytesIO()
+        inst.ds.save_as(buf, enforce_file_format=True)
+        stored[inst.sop] = buf.getvalue()
+    dw.client().store_instances([first.ds, *(i.ds for i in rest)])
+    path = f"/studies/{first.study}/series/{first.series}"
+    for base in (dw.url, dw.plain_url):
+        assert _evict_tree(dw.spool.parent / "data" / "hot") >= 10
+        r = httpx.get(base + path, timeout=60)
+        assert r.status_code == 200
+        assert r.headers["content-length"] == str(len(r.content))
+        parts = multipart_parts(r.content, r.headers["content-type"])
+        got = {str(pydicom.dcmread(io.BytesIO(p)).SOPInstanceUID): p for _, p in parts}
+        assert got == stored
+        # One instance alone, as application/dicom (read whole, not as a batch).
+        _evict_tree(dw.spool.parent / "data" / "hot")
+        one = httpx.get(
+            f"{base}{path}/instances/{first.sop}",
+            headers={"Accept": "application/dicom"},
+            timeout=60,
+        )
+        assert one.status_code == 200
+        assert one.content == stored[first.sop]
+
+
+async def test_frames_not_in_memory_are_read_in_a_thread(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A frame request reads a hot file on the loop only when its spans' pages are in
+    memory; otherwise the read goes to a worker thread."""
+    from dataclasses import replace
+
+    import dicomweb.frames as frames_module
+    from dicomweb.frames import FrameService
+    from dicomweb.media import FrameTarget
+    from storage.model import FrameSpan
+
+    [(key, data)] = _blobs(tmp_path / "store", 1)
+    loc = replace(
+        _location(key, len(data)),
+        number_of_frames=2,
+        frames=(FrameSpan(((0, 10),)), FrameSpan(((10, 5), (20, 3)))),
+    )
+    service = FrameService(_Archive(tmp_path / "store", tmp_path / "store"), None)  # type: ignore[arg-type]
+    target = FrameTarget("application/octet-stream", EXPLICIT_LE, False, False)
+    loop = threading.current_thread()
+    reads: list[bool] = []
+    real_read_spans = frames_module._read_spans
+
+    def read_spans(path: Path, spans: list[tuple[tuple[int, int], ...]]) -> list[bytes]:
+        reads.append(threading.current_thread() is loop)
+        return real_read_spans(path, spans)
+
+    monkeypatch.setattr(frames_module, "_read_spans", read_spans)
+    # In memory: read right on the loop (no thread read).
+    assert await service._frame_bytes(loc, [2, 1], target) == [
+        data[10:15] + data[20:23],
+        data[0:10],
+    ]
+    assert reads == []
+    # The second frame's last fragment on the disk: the whole read goes to a thread.
+    monkeypatch.setattr(
+        frames_module, "in_memory", lambda _fd, length, offset: (offset, length) != (20, 3)
+    )
+    assert await service._frame_bytes(loc, [2, 1], target) == [
+        data[10:15] + data[20:23],
+        data[0:10],
+    ]
+    assert reads == [False]

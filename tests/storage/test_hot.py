@@ -78,3 +78,84 @@ def test_start_writeback_is_a_harmless_hint(tmp_path: Path) -> None:
         os.close(fd)
     assert path.read_bytes() == b"x" * (1 << 20)
     hot.start_writeback(fd)  # closed: EBADF is ignored
+
+
+def _evicted(path: Path, data: bytes) -> None:
+    """``path`` holding ``data``, written to the disk and dropped from the page cache."""
+    path.write_bytes(data)
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)  # clean pages are the ones the kernel can drop
+        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+    finally:
+        os.close(fd)
+
+
+def _open_fds() -> int:
+    return len(os.listdir("/proc/self/fd"))
+
+
+def test_in_memory_tells_pages_on_disk_and_page_in_reads_them(tmp_path: Path) -> None:
+    """The test data folder is on a disk filesystem (ext4 here), where dropped pages are
+    really gone and RWF_NOWAIT reads say so."""
+    from storage.hot import in_memory, page_in
+
+    data = os.urandom(3 << 20)
+    path = tmp_path / "blob.dcm"
+    _evicted(path, data)
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        assert not in_memory(fd, len(data)), "the evicted file's pages are still in memory"
+        before = _open_fds()
+        page_in([(os.dup(fd), len(data))])
+        assert _open_fds() == before  # it closed the duplicate it was given
+        assert in_memory(fd, len(data))
+        assert os.pread(fd, len(data), 0) == data
+    finally:
+        os.close(fd)
+    assert in_memory(os.open(os.devnull, os.O_RDONLY), 0)  # nothing to read: nothing to wait for
+
+
+def test_page_in_falls_back_to_reading_when_sendfile_fails(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """INJECTED: sendfile(2) to /dev/null refused (EINVAL), as on a system whose /dev/null
+    does not take spliced pages: the pages are read into a scratch buffer instead."""
+    from storage import hot
+
+    def refuse(*_args: object) -> int:
+        raise OSError(errno.EINVAL, "sendfile refused for this test")
+
+    monkeypatch.setattr(hot.os, "sendfile", refuse)
+    data = os.urandom(5 << 20)
+    path = tmp_path / "blob.dcm"
+    _evicted(path, data)
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        assert not hot.in_memory(fd, len(data))
+        before = _open_fds()
+        hot.page_in([(os.dup(fd), len(data))])
+        assert _open_fds() == before
+        assert hot.in_memory(fd, len(data))
+    finally:
+        os.close(fd)
+
+
+def test_in_memory_answers_true_where_it_cannot_ask(monkeypatch: pytest.MonkeyPatch) -> None:
+    """INJECTED: no RWF_NOWAIT (another OS) or a filesystem refusing it: the caller reads as
+    it always did, so the answer is True."""
+    from storage import hot
+
+    fd = os.open(os.devnull, os.O_RDONLY)
+    try:
+        monkeypatch.setattr(hot, "_RWF_NOWAIT", None)
+        assert hot.in_memory(fd, 100)
+        monkeypatch.setattr(hot, "_RWF_NOWAIT", 8)
+
+        def unsupported(*_args: object) -> int:
+            raise OSError(errno.EOPNOTSUPP, "not supported")
+
+        monkeypatch.setattr(hot.os, "preadv", unsupported)
+        assert hot.in_memory(fd, 100)
+    finally:
+        os.close(fd)
