@@ -24,10 +24,11 @@ response, so the client sees a truncated body instead of silently incomplete dat
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import os
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncGenerator, AsyncIterator, Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -280,7 +281,7 @@ class WadoService:
         with self.pretranscoder.live():
             return await self.transcoder.transcode(source, target, cache_key=loc.sha256)
 
-    async def _direct_batch(self, batch: _Batch) -> AsyncIterator[bytes | OpenFile]:
+    async def _direct_batch(self, batch: _Batch) -> AsyncGenerator[bytes | OpenFile, None]:
         """The batch's parts as part header + open hot-tier file, or header + bytes read
         through the archive for a part with no hot file any more (migrated since locate()).
 
@@ -316,8 +317,11 @@ class WadoService:
         try:
             for u, unit in enumerate(parts.units):
                 if isinstance(unit, _Batch) and parts.is_direct(u):
-                    async for item in self._direct_batch(unit):
-                        yield item
+                    # Closed here, not when collected, if this body is closed mid-batch: it
+                    # holds open files.
+                    async with contextlib.aclosing(self._direct_batch(unit)) as items:
+                        async for item in items:
+                            yield item
                     continue
                 if isinstance(unit, _Batch):
                     for chunk in await parts.take_batch(u):

@@ -532,3 +532,21 @@ async def test_frames_not_in_memory_are_read_in_a_thread(
         data[0:10],
     ]
     assert reads == [False]
+
+
+async def test_zero_copy_body_closed_mid_batch_closes_its_files_at_once(tmp_path: Path) -> None:
+    """The server closes the body iterator when the client goes away: the batch's files not
+    yet handed over are closed then, not whenever the garbage collector gets to them."""
+    blobs = _blobs(tmp_path / "store", 4)
+    archive = _Archive(tmp_path / "store", tmp_path / "store")
+    wado = _service(archive)
+    queue = _PartQueue(wado, [(_location(k, len(d)), EXPLICIT_LE) for k, d in blobs], "bnd", True)
+    fds = len(os.listdir("/proc/self/fd"))
+    await queue.prime()
+    body = wado._multipart(queue, "bnd")
+    async for item in body:
+        if isinstance(item, OpenFile):
+            os.close(item.fd)  # the first file, as the response would after sending it
+            break
+    await body.aclose()
+    assert len(os.listdir("/proc/self/fd")) == fds
