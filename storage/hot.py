@@ -73,34 +73,32 @@ def page_in(files: Sequence[tuple[int, int]]) -> None:
     """Wait until these open files' first ``size`` bytes are in the page cache, then close
     the descriptors (the caller hands over duplicates, so it may close its own meanwhile).
 
-    For a worker thread: it blocks on the disk so the event loop does not. The pages are read
-    by sendfile(2) to /dev/null, which takes page references and copies nothing; where that
-    fails, by reading them into a scratch buffer."""
-    scratch: bytearray | None = None
+    For a worker thread: it blocks on the disk so the event loop does not. Best effort: a
+    reader that follows reports whatever is wrong with a file."""
     null = os.open(os.devnull, os.O_WRONLY)
     try:
         for fd, size in files:
             try:
-                offset = 0
-                try:
-                    while offset < size:
-                        sent = os.sendfile(null, fd, offset, size - offset)
-                        if sent == 0:
-                            break
-                        offset += sent
-                except OSError:
-                    scratch = scratch if scratch is not None else bytearray(1 << 20)
-                    while offset < size:
-                        got = os.preadv(fd, [scratch], offset)
-                        if got == 0:
-                            break
-                        offset += got
+                _read_in(null, fd, size)
             except OSError:
-                pass  # best effort: the reader that follows reports what is wrong
+                pass
             finally:
                 os.close(fd)
     finally:
         os.close(null)
+
+
+def _read_in(null: int, fd: int, size: int) -> None:
+    """Bring the pages in by sendfile(2) to /dev/null, which takes page references and
+    copies nothing; where /dev/null refuses spliced pages, by reading into a scratch buffer."""
+    offset = 0
+    try:
+        while offset < size and (sent := os.sendfile(null, fd, offset, size - offset)):
+            offset += sent
+    except OSError:
+        scratch = bytearray(min(size - offset, 1 << 20))
+        while offset < size and (got := os.preadv(fd, [scratch], offset)):
+            offset += got
 
 
 def _sync_file_range() -> Callable[[int, int, int, int], int] | None:

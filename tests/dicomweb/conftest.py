@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import io
+import os
 import socket
 import threading
 from collections.abc import Iterator
@@ -186,6 +187,22 @@ def make_instance(
 
 def unique_patient() -> str:
     return "DW-" + generate_uid(prefix=None)[-16:]
+
+
+def make_series(name: str, count: int) -> list[Instance]:
+    """``count`` instances of pydicom test file ``name`` in one new series of a new patient."""
+    first = make_instance(name, patient_id=unique_patient())
+    pid = str(first.ds.PatientID)
+    rest = [
+        make_instance(name, patient_id=pid, study=first.study, series=first.series)
+        for _ in range(count - 1)
+    ]
+    return [first, *rest]
+
+
+def open_fds() -> int:
+    """Descriptors open in this process (the test servers run in it)."""
+    return len(os.listdir("/proc/self/fd"))
 
 
 def multipart_parts(body: bytes, content_type: str) -> list[tuple[dict[str, str], bytes]]:

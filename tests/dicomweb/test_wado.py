@@ -21,7 +21,9 @@ from tests.dicomweb.conftest import (
     DicomwebServer,
     Instance,
     make_instance,
+    make_series,
     multipart_parts,
+    open_fds,
     unique_patient,
 )
 
@@ -402,38 +404,27 @@ def test_corrupt_pixel_data_is_left_out_of_a_series_transcode(dw: DicomwebServer
     assert as_stored.status_code == 200 and bad.data in as_stored.content
 
 
-def _open_fds() -> int:
-    import os
-
-    return len(os.listdir("/proc/self/fd"))
-
-
 def test_client_disconnect_mid_series_releases_blobs(dw: DicomwebServer) -> None:
     """The server runs in this process, so its open files are ours to count."""
     import time
 
     import httpx
 
-    pid = unique_patient()
-    first = make_instance("693_UNCI.dcm", patient_id=pid)
-    more = [
-        make_instance("693_UNCI.dcm", patient_id=pid, study=first.study, series=first.series)
-        for _ in range(11)
-    ]
+    first, *more = make_series("693_UNCI.dcm", 12)
     dw.client().store_instances([i.ds for i in [first, *more]])
     series_url = f"{dw.url}/studies/{first.study}/series/{first.series}"
     with httpx.Client(timeout=60) as http:
         http.get(series_url)  # warm up: connection pools, thread pool
-        baseline = _open_fds()
+        baseline = open_fds()
         for _ in range(3):
             with http.stream("GET", series_url) as r:
                 assert r.status_code == 200
                 next(r.iter_raw(65536))
             # leaving the block closes the connection with most of the body unread
     deadline = time.monotonic() + 20
-    while _open_fds() > baseline and time.monotonic() < deadline:
+    while open_fds() > baseline and time.monotonic() < deadline:
         time.sleep(0.05)
-    assert _open_fds() <= baseline
+    assert open_fds() <= baseline
     with httpx.Client(timeout=60) as http:
         whole = http.get(series_url)
     assert len(multipart_parts(whole.content, whole.headers["content-type"])) == 12

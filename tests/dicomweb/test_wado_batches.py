@@ -21,9 +21,9 @@ from storage.errors import CorruptBlob
 from storage.model import InstanceLocation, Tier
 from tests.dicomweb.conftest import (
     DicomwebServer,
-    make_instance,
+    make_series,
     multipart_parts,
-    unique_patient,
+    open_fds,
 )
 
 EXPLICIT_LE = "1.2.840.10008.1.2.1"
@@ -32,12 +32,7 @@ EXPLICIT_LE = "1.2.840.10008.1.2.1"
 def test_series_over_several_batches_keeps_order_and_sends_content_length(
     dw: DicomwebServer,
 ) -> None:
-    pid = unique_patient()
-    first = make_instance("693_UNCI.dcm", patient_id=pid)
-    rest = [
-        make_instance("693_UNCI.dcm", patient_id=pid, study=first.study, series=first.series)
-        for _ in range(9)
-    ]
+    first, *rest = make_series("693_UNCI.dcm", 10)
     stored: dict[str, bytes] = {}
     datasets = []
     for n, inst in enumerate([first, *rest], start=1):
@@ -114,6 +109,13 @@ class _Archive:
         self.asked_ahead.extend(loc.blob_key for loc in locations)
 
 
+def _archive_with_hot(tmp_path: Path, hot: str) -> _Archive:
+    """Blobs under ``store``; their hot files there too ("present"), gone ("moved"), or no
+    hot_path at all ("none")."""
+    hot_dir = {"present": tmp_path / "store", "moved": tmp_path / "gone", "none": None}[hot]
+    return _Archive(tmp_path / "store", hot_dir)
+
+
 def _location(key: str, size: int) -> InstanceLocation:
     return InstanceLocation(
         study_uid="1.2",
@@ -150,8 +152,7 @@ def _expected(blobs: list[tuple[str, bytes]], boundary: str) -> bytes:
 @pytest.mark.parametrize("hot", ["present", "moved", "none"])
 async def test_read_batch_from_hot_files_or_through_the_archive(tmp_path: Path, hot: str) -> None:
     blobs = _blobs(tmp_path / "store", 5)
-    hot_dir = {"present": tmp_path / "store", "moved": tmp_path / "gone", "none": None}[hot]
-    archive = _Archive(tmp_path / "store", hot_dir)
+    archive = _archive_with_hot(tmp_path, hot)
     wado = _service(archive)
     sendable = [(_location(k, len(d)), EXPLICIT_LE) for k, d in blobs]
     queue = _PartQueue(wado, sendable, "bnd")
@@ -202,8 +203,7 @@ async def test_frames_read_from_the_hot_file_or_through_the_archive(
     from storage.model import FrameSpan
 
     [(key, data)] = _blobs(tmp_path / "store", 1)
-    hot_dir = {"present": tmp_path / "store", "moved": tmp_path / "gone", "none": None}[hot]
-    archive = _Archive(tmp_path / "store", hot_dir)
+    archive = _archive_with_hot(tmp_path, hot)
     loc = replace(
         _location(key, len(data)),
         number_of_frames=2,
@@ -265,8 +265,7 @@ async def _drain(wado: WadoService, queue: _PartQueue) -> tuple[bytes, int]:
 @pytest.mark.parametrize("hot", ["present", "moved", "none"])
 async def test_zero_copy_sends_hot_files_and_reads_the_rest(tmp_path: Path, hot: str) -> None:
     blobs = _blobs(tmp_path / "store", 5)
-    hot_dir = {"present": tmp_path / "store", "moved": tmp_path / "gone", "none": None}[hot]
-    archive = _Archive(tmp_path / "store", hot_dir)
+    archive = _archive_with_hot(tmp_path, hot)
     wado = _service(archive)
     queue = _PartQueue(wado, [(_location(k, len(d)), EXPLICIT_LE) for k, d in blobs], "bnd", True)
     await queue.prime()
@@ -301,23 +300,18 @@ async def test_zero_copy_blob_size_other_than_the_index(tmp_path: Path) -> None:
     blobs = _blobs(tmp_path / "store", 3)
     archive = _Archive(tmp_path / "store", tmp_path / "store")
     wado = _service(archive)
-    fds = len(os.listdir("/proc/self/fd"))
+    fds = open_fds()
     wrong = [(_location(k, len(d) + (n == 1)), EXPLICIT_LE) for n, (k, d) in enumerate(blobs)]
     with pytest.raises(CorruptBlob, match="the index says"):
         await _PartQueue(wado, wrong, "bnd", True).prime()
     queue = _PartQueue(wado, wrong, "bnd", True)
     with pytest.raises(CorruptBlob, match="the index says"):
         await _drain(wado, queue)
-    assert len(os.listdir("/proc/self/fd")) == fds
+    assert open_fds() == fds
 
 
 def test_series_bodies_equal_with_and_without_zero_copy(dw: DicomwebServer) -> None:
-    pid = unique_patient()
-    first = make_instance("693_UNCI.dcm", patient_id=pid)
-    rest = [
-        make_instance("693_UNCI.dcm", patient_id=pid, study=first.study, series=first.series)
-        for _ in range(9)
-    ]
+    first, *rest = make_series("693_UNCI.dcm", 10)
     dw.client().store_instances([first.ds, *(i.ds for i in rest)])
     path = f"/studies/{first.study}/series/{first.series}"
     bodies = []
@@ -364,13 +358,13 @@ async def test_zero_copy_pages_in_files_not_in_memory_off_the_loop(
     archive = _Archive(tmp_path / "store", tmp_path / "store")
     wado = _service(archive)
     queue = _PartQueue(wado, [(_location(k, len(d)), EXPLICIT_LE) for k, d in blobs], "bnd", True)
-    fds = len(os.listdir("/proc/self/fd"))
+    fds = open_fds()
     await queue.prime()
     body, files = await _drain(wado, queue)
     assert body == _expected(blobs, "bnd") + closing_delimiter("bnd")
     assert files == 5
     assert paged == [(["b1", "b3"], False)]  # once for the batch, not on the loop's thread
-    assert len(os.listdir("/proc/self/fd")) == fds
+    assert open_fds() == fds
 
 
 async def test_zero_copy_client_gone_while_paging_in_leaves_no_descriptor(
@@ -395,7 +389,7 @@ async def test_zero_copy_client_gone_while_paging_in_leaves_no_descriptor(
     archive = _Archive(tmp_path / "store", tmp_path / "store")
     wado = _service(archive)
     queue = _PartQueue(wado, [(_location(k, len(d)), EXPLICIT_LE) for k, d in blobs], "bnd", True)
-    fds = len(os.listdir("/proc/self/fd"))
+    fds = open_fds()
     await queue.prime()
     drain = asyncio.ensure_future(_drain(wado, queue))
     await asyncio.to_thread(entered.wait, 10)
@@ -405,7 +399,7 @@ async def test_zero_copy_client_gone_while_paging_in_leaves_no_descriptor(
     release.set()
     await asyncio.to_thread(done.wait, 10)
     assert done.is_set()
-    assert len(os.listdir("/proc/self/fd")) == fds
+    assert open_fds() == fds
 
 
 async def test_read_batch_reads_files_not_in_memory_in_a_thread(
@@ -456,17 +450,8 @@ def _evict_tree(root: Path) -> int:
 def test_series_with_its_files_out_of_memory_is_whole_either_way(dw: DicomwebServer) -> None:
     """The real page cache, really emptied: both servers (zero-copy and not) read the
     series' files back from the disk and send them whole, byte for byte."""
-    pid = unique_patient()
-    first = make_instance("693_UNCI.dcm", patient_id=pid)
-    rest = [
-        make_instance("693_UNCI.dcm", patient_id=pid, study=first.study, series=first.series)
-        for _ in range(9)
-    ]
-    stored = {}
-    for inst in (first, *rest):
-        buf = io.BytesIO()
-        inst.ds.save_as(buf, enforce_file_format=True)
-        stored[inst.sop] = buf.getvalue()
+    first, *rest = make_series("693_UNCI.dcm", 10)
+    stored = {inst.sop: inst.data for inst in (first, *rest)}
     dw.client().store_instances([first.ds, *(i.ds for i in rest)])
     path = f"/studies/{first.study}/series/{first.series}"
     for base in (dw.url, dw.plain_url):
@@ -541,7 +526,7 @@ async def test_zero_copy_body_closed_mid_batch_closes_its_files_at_once(tmp_path
     archive = _Archive(tmp_path / "store", tmp_path / "store")
     wado = _service(archive)
     queue = _PartQueue(wado, [(_location(k, len(d)), EXPLICIT_LE) for k, d in blobs], "bnd", True)
-    fds = len(os.listdir("/proc/self/fd"))
+    fds = open_fds()
     await queue.prime()
     body = wado._multipart(queue, "bnd")
     async for item in body:
@@ -549,4 +534,4 @@ async def test_zero_copy_body_closed_mid_batch_closes_its_files_at_once(tmp_path
             os.close(item.fd)  # the first file, as the response would after sending it
             break
     await body.aclose()
-    assert len(os.listdir("/proc/self/fd")) == fds
+    assert open_fds() == fds
